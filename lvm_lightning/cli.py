@@ -1,0 +1,53 @@
+"""LightningCLI for lvm_lightning: ``python train.py`` trains the default mixture model."""
+import sys
+from typing import Optional
+
+import pytorch_lightning as pl
+from jsonargparse import lazy_instance
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from lvm_lightning.callbacks import DensityPlot, TrueLogDensity
+from lvm_lightning.data import GaussianMixtureData
+from lvm_lightning.errors import UsageError
+from lvm_lightning.module import LVMModule
+
+
+class LVMCLI(LightningCLI):
+    """Links the data's dimension into the model, and adds checkpointing, the true density and density plots."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(DensityPlot, "density_plot")
+        parser.add_lightning_class_args(TrueLogDensity, "true_density")
+        parser.set_defaults(
+            {
+                "data": lazy_instance(GaussianMixtureData),
+                "checkpoint.save_last": True,
+                "trainer.max_epochs": 30,
+                "trainer.log_every_n_steps": 10,
+                "trainer.logger": {
+                    "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "default"},
+                },
+            }
+        )
+
+    def before_fit(self) -> None:
+        print(f"run folder (TensorBoard logs and checkpoints): {self.trainer.log_dir}", flush=True)
+
+    def after_fit(self) -> None:
+        print(f"checkpoints: {self.trainer.log_dir}/checkpoints  (evaluate: python -m lvm_lightning.evaluate CKPT)", flush=True)
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Entry point: runs ``fit`` when no subcommand is given, and turns UsageError into one line and exit code 2."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["fit", *argv]
+    try:
+        LVMCLI(LVMModule, pl.LightningDataModule, subclass_mode_data=True, seed_everything_default=0, args=argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,91 @@
+"""Parametric families: an unconstrained tensor [..., num_params] in, a torch.distributions object out.
+
+Encoders, decoders and per-point variational parameters all go through these, so a family is
+written once whatever produces its parameters.
+"""
+from typing import Literal, Union
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Categorical, ContinuousBernoulli, Distribution, Independent, Normal
+
+from lvm_lightning.errors import UsageError
+
+GaussianStd = Union[float, Literal["learned", "shared"]]
+
+
+class DiagonalGaussian(nn.Module):
+    """N(μ, diag σ²) over R^dim from params [μ, log σ]; σ is the params' second half, a shared
+    learned scalar (``std="shared"``) or a fixed float."""
+
+    def __init__(self, dim: int, std: GaussianStd = "learned") -> None:
+        super().__init__()
+        if isinstance(std, str) and std not in ("learned", "shared"):
+            raise UsageError(f"std must be 'learned', 'shared' or a positive number, got {std!r}")
+        if not isinstance(std, str) and not std > 0:
+            raise UsageError(f"a fixed std must be positive, got {std}")
+        self.dim = dim
+        self.std = std
+        if std == "shared":
+            self.log_std = nn.Parameter(torch.zeros(()))
+
+    @property
+    def num_params(self) -> int:
+        return 2 * self.dim if self.std == "learned" else self.dim
+
+    def forward(self, params: Tensor) -> Distribution:
+        if self.std == "learned":
+            loc, log_std = params.chunk(2, dim=-1)
+            scale = log_std.exp()
+        elif self.std == "shared":
+            loc, scale = params, self.log_std.exp().expand_as(params)
+        else:
+            loc, scale = params, torch.full_like(params, float(self.std))
+        return Independent(Normal(loc, scale), 1)
+
+
+class CategoricalFamily(nn.Module):
+    """Categorical over {0, …, num_categories−1} with probabilities softmax(params)."""
+
+    def __init__(self, num_categories: int) -> None:
+        super().__init__()
+        self.num_params = num_categories
+
+    def forward(self, params: Tensor) -> Distribution:
+        return Categorical(logits=params)
+
+
+class BernoulliFamily(nn.Module):
+    """Independent Bernoulli(sigmoid(params)) over {0, 1}^dim: for binary data only."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_params = dim
+
+    def forward(self, params: Tensor) -> Distribution:
+        return Independent(Bernoulli(logits=params), 1)
+
+
+class ContinuousBernoulliFamily(nn.Module):
+    """Independent continuous Bernoulli(sigmoid(params)) over [0, 1]^dim (Loaiza-Ganem & Cunningham, 2019)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_params = dim
+
+    def forward(self, params: Tensor) -> Distribution:
+        return Independent(ContinuousBernoulli(logits=params), 1)
+
+
+LIKELIHOODS = ("gaussian", "bernoulli", "continuous_bernoulli")
+
+
+def likelihood_family(name: str, dim: int, std: GaussianStd = "learned") -> nn.Module:
+    """The observation family p(x|·) called ``name``."""
+    if name == "gaussian":
+        return DiagonalGaussian(dim, std)
+    if name == "bernoulli":
+        return BernoulliFamily(dim)
+    if name == "continuous_bernoulli":
+        return ContinuousBernoulliFamily(dim)
+    raise UsageError(f"unknown likelihood {name!r}: choose one of {', '.join(LIKELIHOODS)}")

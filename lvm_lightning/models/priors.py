@@ -1,0 +1,30 @@
+"""Priors p(z): modules whose call returns the distribution, so learned priors carry parameters."""
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+
+class StandardNormalPrior(nn.Module):
+    """p(z) = N(0, I) over R^latent_dim."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(latent_dim))
+
+    def forward(self) -> Distribution:
+        return Independent(Normal(self.loc, torch.ones_like(self.loc)), 1)
+
+
+class CategoricalPrior(nn.Module):
+    """p(z = c) = softmax(logits)_c; uniform unless the logits are learned."""
+
+    def __init__(self, num_categories: int, learn: bool = False) -> None:
+        super().__init__()
+        logits = torch.zeros(num_categories)
+        if learn:
+            self.logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("logits", logits)
+
+    def forward(self) -> Distribution:
+        return Categorical(logits=self.logits)

@@ -1,0 +1,87 @@
+"""The LightningModule: trains θ and φ with one estimator, and reports every estimator side by side."""
+from typing import Any, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from lvm_lightning.models import build_model
+from lvm_lightning.models.build import Latent
+from lvm_lightning.models.families import GaussianStd
+from lvm_lightning.objectives import encoder_objective, evaluation_estimators, make_estimator, resolve_encoder_objective
+from lvm_lightning.objectives.encoder import EncoderObjective
+
+
+class LVMModule(pl.LightningModule):
+    """Maximizes Σ_i log p̂_θ(x_i) for the chosen estimator in θ, and ELBO(q_φ) in φ.
+
+    With a reparameterized q and ``importance_sampling``, φ follows the same bound (IWAE; K = 1 is
+    the VAE). Otherwise φ follows ``encoder_objective`` with θ held constant: ``elbo``, the
+    reverse KL(q_φ || p_θ(z|x)), or ``wake``, the forward KL enumerated over a categorical z
+    (the default there, see objectives/encoder.py).
+    """
+
+    def __init__(
+        self,
+        data_dim: int = 2,
+        latent: Latent = "categorical",
+        latent_dim: int = 16,
+        learn_prior: bool = True,
+        encoder_hidden: Sequence[int] = (64, 64),
+        decoder_hidden: Sequence[int] = (),
+        activation: str = "relu",
+        likelihood: str = "gaussian",
+        decoder_std: GaussianStd = "learned",
+        objective: str = "exact",
+        encoder_objective: Optional[EncoderObjective] = None,
+        num_samples: int = 1,
+        eval_num_samples: int = 100,
+        chunk_size: Optional[int] = None,
+        lr: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(
+            data_dim, latent, latent_dim, learn_prior, encoder_hidden, decoder_hidden, activation, likelihood, decoder_std
+        )
+        self.objective = make_estimator(objective, num_samples, chunk_size)
+        self.objective.check(self.model)
+        self.encoder_objective = resolve_encoder_objective(encoder_objective, self.model)
+        self.evaluators = evaluation_estimators(self.model, eval_num_samples, chunk_size)
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        estimate = self.objective.estimate(self.model, x)
+        loss = -estimate.log_px.mean()
+        if not self.objective.trains_encoder(self.model):
+            loss = loss - encoder_objective(self.encoder_objective, self.model, x).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
+        self.log(f"train/log_px/{self.objective.name}", estimate.log_px.mean(), batch_size=len(x))
+        return loss
+
+    @torch.no_grad()
+    def _evaluate(self, x: Tensor, stage: str) -> None:
+        for estimator in self.evaluators:
+            estimate = estimator.estimate(self.model, x)
+            log = {f"{stage}/log_px/{estimator.name}": estimate.log_px.mean()}
+            if estimator.name in ("prior_sampling", "importance_sampling"):
+                log[f"{stage}/ess_fraction/{estimator.name}"] = estimate.effective_sample_size().mean() / estimator.num_samples
+                log[f"{stage}/log_weight_std/{estimator.name}"] = estimate.log_weight_std().mean()
+                log[f"{stage}/log_px_stderr/{estimator.name}"] = estimate.log_px_stderr().mean()
+            if estimator.name == "importance_sampling" and stage == "val":
+                log["hp_metric"] = estimate.log_px.mean()
+            self.log_dict(log, batch_size=len(x), sync_dist=True)
+
+    def validation_step(self, x: Tensor, batch_idx: int) -> None:
+        self._evaluate(x, "val")
+
+    def test_step(self, x: Tensor, batch_idx: int) -> None:
+        self._evaluate(x, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning stores the datamodule's hyperparameters but not its class; evaluation needs both.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            checkpoint["datamodule_class"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
