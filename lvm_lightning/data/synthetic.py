@@ -1,0 +1,33 @@
+"""Base class for synthetic data drawn from a known distribution, so the true log-density is available."""
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from lvm_lightning.data.in_memory import InMemoryDataModule
+from lvm_lightning.errors import UsageError
+
+
+class SyntheticData(InMemoryDataModule):
+    """Train/val/test rows drawn once, with ``seed``, from ``self.distribution`` (set by the subclass)."""
+
+    distribution: Distribution
+
+    def __init__(self, num_train: int, num_val: int, num_test: int, batch_size: int, eval_batch_size: int, seed: int) -> None:
+        super().__init__(batch_size, eval_batch_size, seed)
+        if min(num_train, num_val, num_test) < 1:
+            raise UsageError("num_train, num_val and num_test must be positive")
+        self.sizes = [num_train, num_val, num_test]
+
+    @property
+    def data_dim(self) -> int:
+        return self.distribution.event_shape[0]
+
+    def true_log_prob(self, x: Tensor) -> Tensor:
+        """log p_data(x) under the generating distribution, shape [B]."""
+        return self.distribution.log_prob(x.cpu()).to(x)
+
+    def load_splits(self) -> dict[str, Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            x = self.distribution.sample((sum(self.sizes),))
+        return dict(zip(("train", "val", "test"), x.split(self.sizes)))
