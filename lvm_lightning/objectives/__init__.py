@@ -8,9 +8,10 @@ from lvm_lightning.objectives.estimators import (
     ImportanceSampling,
     PriorSampling,
     evaluation_estimators,
+    importance_log_weights,
     make_estimator,
 )
-from lvm_lightning.objectives.encoder import amortized_elbo, encoder_objective, resolve_encoder_objective, wake_objective
+from lvm_lightning.objectives.encoder import amortized_elbo, elbo, encoder_objective, resolve_encoder_objective, wake_objective
 
 __all__ = [
     "ELBO",
@@ -21,8 +22,10 @@ __all__ = [
     "ImportanceSampling",
     "PriorSampling",
     "amortized_elbo",
+    "elbo",
     "encoder_objective",
     "evaluation_estimators",
+    "importance_log_weights",
     "make_estimator",
     "resolve_encoder_objective",
     "wake_objective",

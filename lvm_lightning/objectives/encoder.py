@@ -9,25 +9,31 @@ a logit is proportional to q_c, so a component the encoder has written off never
 from typing import Literal, Optional
 
 from torch import Tensor
+from torch.distributions import Distribution
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.lvm import LatentVariableModel
+from lvm_lightning.objectives.estimators import ELBO
 
 EncoderObjective = Literal["elbo", "wake"]
 
 
-def amortized_elbo(model: LatentVariableModel, x: Tensor) -> Tensor:
-    """ELBO(q_φ) = E_q[log p_θ(x, z) − log q_φ(z|x)] with θ constant, shape [B] (= log p(x) − KL(q_φ || p_θ(z|x))).
+def elbo(model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: int = 1) -> Tensor:
+    """ELBO(q) = E_q[log p_θ(x, z) − log q(z)] with θ constant, shape [B] (= log p(x) − KL(q || p_θ(z|x))), for any q of batch shape [B].
 
-    A categorical q is enumerated (no score-function noise); a Gaussian q is reparameterized.
+    A categorical q is enumerated (exact, no score-function noise); a Gaussian q averages
+    ``num_samples`` reparameterized log-weights.
     """
-    q = model.posterior(x)
     if model.discrete:
-        log_joint = model.log_joint(x, model.support()).detach()  # [C, B]
+        log_joint = model.log_joint(x, model.support(), frozen=True)  # [C, B]
         log_q = q.logits.T  # normalized log-probabilities, [C, B]
         return (log_q.exp() * (log_joint - log_q)).sum(0)
-    z = q.rsample((1,))
-    return (model.log_joint(x, z, frozen=True) - q.log_prob(z))[0]
+    return ELBO(num_samples).estimate_with(model, x, q, frozen=True).log_px
+
+
+def amortized_elbo(model: LatentVariableModel, x: Tensor) -> Tensor:
+    """ELBO(q_φ) with θ constant, shape [B]: ``elbo`` with the encoder's q_φ(z|x)."""
+    return elbo(model, x, model.posterior(x))
 
 
 def wake_objective(model: LatentVariableModel, x: Tensor) -> Tensor:

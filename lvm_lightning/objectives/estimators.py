@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.closed_form import linear_gaussian_marginal, linear_gaussian_parameters
@@ -68,8 +69,11 @@ class Estimator:
         return False
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
-        draw = self.sampler(model, x)
-        per_chunk = max(1, self.chunk_size // max(1, x.shape[0]))
+        return self.collect(self.sampler(model, x), x.shape[0])
+
+    def collect(self, draw: Callable[[int], Tensor], batch_size: int) -> Estimate:
+        """The estimate from K log-weights that ``draw`` makes in chunks of at most chunk_size (sample × point) pairs."""
+        per_chunk = max(1, self.chunk_size // max(1, batch_size))
         sizes = [min(per_chunk, self.num_samples - start) for start in range(0, self.num_samples, per_chunk)]
         log_weights = torch.cat([draw(k) for k in sizes])
         return Estimate(self.reduce(log_weights), log_weights)
@@ -109,6 +113,14 @@ class PriorSampling(Estimator):
         return draw
 
 
+def importance_log_weights(model: LatentVariableModel, x: Tensor, q: Distribution, num: int, frozen: bool = False) -> Tensor:
+    """log w_k = log p_θ(x, z_k) − log q(z_k), z_k ~ q, shape [num, B]; reparameterized where q allows."""
+    z = q.rsample((num,)) if q.has_rsample else q.sample((num,))
+    log_q = q.log_prob(z)
+    # Without reparameterization log q carries no valid gradient for φ; φ then learns from amortized_elbo.
+    return model.log_joint(x, z, frozen) - (log_q if q.has_rsample else log_q.detach())
+
+
 class ImportanceSampling(Estimator):
     """log (1/K) Σ_k p_θ(x, z_k) / q_φ(z_k|x), z_k ~ q_φ(z|x); K = 1 is the ELBO, and it is exact when q = p_θ(z|x)."""
 
@@ -116,14 +128,11 @@ class ImportanceSampling(Estimator):
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         q = model.posterior(x)
+        return lambda k: importance_log_weights(model, x, q, k)
 
-        def draw(k: int) -> Tensor:
-            z = q.rsample((k,)) if q.has_rsample else q.sample((k,))
-            log_q = q.log_prob(z)
-            # Without reparameterization log q carries no valid gradient for φ; φ then learns from amortized_elbo.
-            return model.log_joint(x, z) - (log_q if q.has_rsample else log_q.detach())
-
-        return draw
+    def estimate_with(self, model: LatentVariableModel, x: Tensor, q: Distribution, frozen: bool = False) -> Estimate:
+        """The same estimate with z_k ~ q for any proposal q of batch shape [B] (amortized or per-point); ``frozen`` holds θ constant."""
+        return self.collect(lambda k: importance_log_weights(model, x, q, k, frozen), x.shape[0])
 
     def trains_encoder(self, model: LatentVariableModel) -> bool:
         return not model.discrete
