@@ -7,20 +7,25 @@ from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lvm_lightning.callbacks import DensityPlot, TrueLogDensity
+from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, TrueLogDensity
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
 from lvm_lightning.module import LVMModule
 
 
 class LVMCLI(LightningCLI):
-    """Links the data's dimension into the model, and adds checkpointing, the true density and density plots."""
+    """Links the data's dimension and image shape into the model, and adds checkpointing, the true density, density plots and image pictures."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
+        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(DensityPlot, "density_plot")
         parser.add_lightning_class_args(TrueLogDensity, "true_density")
+        parser.add_lightning_class_args(AmortizationGap, "amortization_gap")
+        parser.add_lightning_class_args(ImageGrids, "image_grids")
+        parser.add_lightning_class_args(LatentScatter, "latent_scatter")
+        parser.add_lightning_class_args(ActiveUnits, "active_units")
         parser.set_defaults(
             {
                 "data": lazy_instance(GaussianMixtureData),

@@ -1,15 +1,17 @@
 """The LightningModule: trains θ and φ with one estimator, and reports every estimator side by side."""
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lvm_lightning.errors import UsageError
 from lvm_lightning.models import build_model
-from lvm_lightning.models.build import Latent
+from lvm_lightning.models.build import Latent, Network
 from lvm_lightning.models.families import GaussianStd
 from lvm_lightning.objectives import encoder_objective, evaluation_estimators, make_estimator, resolve_encoder_objective
 from lvm_lightning.objectives.encoder import EncoderObjective
+from lvm_lightning.schedules import LRSchedule, burda_lr_factor
 
 
 class LVMModule(pl.LightningModule):
@@ -38,11 +40,16 @@ class LVMModule(pl.LightningModule):
         eval_num_samples: int = 100,
         chunk_size: Optional[int] = None,
         lr: float = 1e-2,
+        lr_schedule: LRSchedule = "constant",
+        network: Network = "mlp",
+        image_shape: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
+        if lr_schedule not in ("constant", "burda"):
+            raise UsageError(f"unknown lr_schedule {lr_schedule!r}: choose 'constant' or 'burda'")
         self.save_hyperparameters()
         self.model = build_model(
-            data_dim, latent, latent_dim, learn_prior, encoder_hidden, decoder_hidden, activation, likelihood, decoder_std
+            data_dim, latent, latent_dim, learn_prior, encoder_hidden, decoder_hidden, activation, likelihood, decoder_std, network, image_shape
         )
         self.objective = make_estimator(objective, num_samples, chunk_size)
         self.objective.check(self.model)
@@ -77,8 +84,20 @@ class LVMModule(pl.LightningModule):
     def test_step(self, x: Tensor, batch_idx: int) -> None:
         self._evaluate(x, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def setup(self, stage: str) -> None:
+        # Checked here, where model and data meet: torch would otherwise fail deep inside Bernoulli.log_prob.
+        if self.hparams.likelihood == "bernoulli" and getattr(self.trainer.datamodule, "binary", True) is False:
+            raise UsageError(
+                "likelihood 'bernoulli' needs binary data but the data are grey levels (binarization 'none'): "
+                "pass --model.likelihood continuous_bernoulli (or gaussian), or binarize with --data.binarization dynamic"
+            )
+
+    def configure_optimizers(self) -> Union[torch.optim.Optimizer, dict[str, Any]]:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        # Burda et al. (2016): 3^i epochs at lr·10^(−i/7), i = 0..7; LambdaLR steps once per epoch.
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, burda_lr_factor)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning stores the datamodule's hyperparameters but not its class; evaluation needs both.

@@ -40,7 +40,7 @@ class DensityPlot(pl.Callback):
             or not trainer.is_global_zero
         ):
             return
-        points = datamodule.splits["val"][: self.max_points]
+        points = datamodule.splits["val"][: self.max_points].cpu()
         lo, hi = points.min(0).values, points.max(0).values
         margin = 0.15 * (hi - lo)
         axes_values = [torch.linspace(float(lo[i] - margin[i]), float(hi[i] + margin[i]), self.grid_size) for i in range(2)]

@@ -1,7 +1,19 @@
-"""LightningDataModules: synthetic mixtures with a known density, and the user's own arrays."""
+"""LightningDataModules: synthetic mixtures with a known density, the user's own arrays, and MNIST-like images."""
+from lvm_lightning.data.images import FashionMNISTData, ImageData, MNISTData
 from lvm_lightning.data.in_memory import EpochPermutation, InMemoryDataModule, TensorLoader
 from lvm_lightning.data.linear_gaussian import LinearGaussianData
 from lvm_lightning.data.mixture import GaussianMixtureData
 from lvm_lightning.data.numpy_file import NumpyData, load_array
 
-__all__ = ["EpochPermutation", "GaussianMixtureData", "InMemoryDataModule", "LinearGaussianData", "NumpyData", "TensorLoader", "load_array"]
+__all__ = [
+    "EpochPermutation",
+    "FashionMNISTData",
+    "GaussianMixtureData",
+    "ImageData",
+    "InMemoryDataModule",
+    "LinearGaussianData",
+    "MNISTData",
+    "NumpyData",
+    "TensorLoader",
+    "load_array",
+]

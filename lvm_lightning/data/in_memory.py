@@ -2,12 +2,18 @@
 
 The loader shuffles with a permutation seeded by (seed, epoch), so a run resumed from a checkpoint
 sees the same batches it would have seen, and under DDP each rank takes every world_size-th index.
+When a trainer is attached the tensors move to its device in ``setup``; ``in_memory=False`` serves
+them through a plain DataLoader instead, for data too large for the device.
 """
-from typing import Callable, Iterator, Optional
+from functools import partial
+from typing import Callable, Iterator, Optional, Union
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
+
+Transform = Callable[[Tensor], Tensor]
 
 
 class EpochPermutation:
@@ -37,8 +43,12 @@ class EpochPermutation:
         # Equal shard sizes keep DDP ranks in step during training.
         return self.size - self.size % self.world_size if self.drop_last else self.size
 
+    def batches(self, device: Optional[torch.device] = None) -> tuple[Tensor, ...]:
+        """This epoch's index batches, on ``device`` after one copy of the whole permutation."""
+        return self.indices().to(device)[: len(self) * self.batch_size].split(self.batch_size)
+
     def __iter__(self) -> Iterator[Tensor]:
-        return iter(self.indices()[: len(self) * self.batch_size].split(self.batch_size))
+        return iter(self.batches())
 
     def __len__(self) -> int:
         shard = len(range(self.rank, self._usable, self.world_size))
@@ -50,24 +60,31 @@ class TensorLoader:
 
     batch_sampler = None  # Lightning inspects DataLoader-like objects for these two attributes.
 
-    def __init__(self, data: Tensor, sampler: EpochPermutation, transform: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+    def __init__(self, data: Tensor, sampler: EpochPermutation, transform: Optional[Transform] = None) -> None:
         self.data, self.sampler, self.transform = data, sampler, transform
 
     def __iter__(self) -> Iterator[Tensor]:
-        for indices in self.sampler:
-            batch = self.data[indices.to(self.data.device)]
+        for indices in self.sampler.batches(self.data.device):
+            batch = self.data[indices]
             yield self.transform(batch) if self.transform is not None else batch
 
     def __len__(self) -> int:
         return len(self.sampler)
 
 
-class InMemoryDataModule(pl.LightningDataModule):
-    """Base class for data held as three tensors [N, D] (train, val, test), already on the CPU."""
+def _stack(rows: list[Tensor], transform: Optional[Transform]) -> Tensor:
+    batch = torch.stack(rows)
+    return transform(batch) if transform is not None else batch
 
-    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0) -> None:
+
+class InMemoryDataModule(pl.LightningDataModule):
+    """Base class for data held as three tensors [N, D] (train, val, test): on the training device, or on the CPU behind a DataLoader."""
+
+    image_shape: Optional[tuple[int, ...]] = None  # (C, H, W) when a row is a flattened image
+
+    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0, in_memory: bool = True) -> None:
         super().__init__()
-        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.batch_size, self.eval_batch_size, self.seed, self.in_memory = batch_size, eval_batch_size, seed, in_memory
         self.splits: dict[str, Tensor] = {}
 
     @property
@@ -79,24 +96,34 @@ class InMemoryDataModule(pl.LightningDataModule):
         """{'train': [N, D], 'val': [N, D], 'test': [N, D]} as float tensors."""
         raise NotImplementedError
 
+    def transform(self, split: str) -> Optional[Transform]:
+        """Applied to every batch of ``split`` as it is drawn (on the device for in-memory data); None keeps batches as stored."""
+        return None
+
     def setup(self, stage: Optional[str] = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
+        if self.in_memory and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            self.splits = {name: split.to(device) for name, split in self.splits.items()}
 
-    def _loader(self, split: str, shuffle: bool) -> TensorLoader:
+    def _loader(self, split: str, shuffle: bool) -> Union[TensorLoader, DataLoader]:
         self.setup()
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         data = self.splits[split]
         batch_size = self.batch_size if shuffle else self.eval_batch_size
+        if not self.in_memory:
+            # Lightning adds a DistributedSampler under DDP and copies each batch to the device.
+            return DataLoader(data, batch_size, shuffle=shuffle, collate_fn=partial(_stack, transform=self.transform(split)))
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = EpochPermutation(len(data), batch_size, shuffle, self.seed, rank, world, drop_last=shuffle and world > 1)
-        return TensorLoader(data, sampler)
+        return TensorLoader(data, sampler, self.transform(split))
 
-    def train_dataloader(self) -> TensorLoader:
+    def train_dataloader(self) -> Union[TensorLoader, DataLoader]:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> TensorLoader:
+    def val_dataloader(self) -> Union[TensorLoader, DataLoader]:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> TensorLoader:
+    def test_dataloader(self) -> Union[TensorLoader, DataLoader]:
         return self._loader("test", shuffle=False)
