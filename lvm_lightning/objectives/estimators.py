@@ -113,10 +113,16 @@ class PriorSampling(Estimator):
         return draw
 
 
-def importance_log_weights(model: LatentVariableModel, x: Tensor, q: Distribution, num: int, frozen: bool = False) -> Tensor:
-    """log w_k = log p_θ(x, z_k) − log q(z_k), z_k ~ q, shape [num, B]; reparameterized where q allows."""
+def importance_log_weights(
+    model: LatentVariableModel, x: Tensor, q: Distribution, num: int, frozen: bool = False, density: Optional[Distribution] = None
+) -> Tensor:
+    """log w_k = log p_θ(x, z_k) − log q(z_k), z_k ~ q, shape [num, B]; reparameterized where q allows.
+
+    ``density`` evaluates log q(z_k) instead of q: q with detached parameters there leaves only the
+    path gradient, the "sticking the landing" estimator (Roeder et al., 2017).
+    """
     z = q.rsample((num,)) if q.has_rsample else q.sample((num,))
-    log_q = q.log_prob(z)
+    log_q = (q if density is None else density).log_prob(z)
     # Without reparameterization log q carries no valid gradient for φ; φ then learns from amortized_elbo.
     return model.log_joint(x, z, frozen) - (log_q if q.has_rsample else log_q.detach())
 
@@ -130,9 +136,11 @@ class ImportanceSampling(Estimator):
         q = model.posterior(x)
         return lambda k: importance_log_weights(model, x, q, k)
 
-    def estimate_with(self, model: LatentVariableModel, x: Tensor, q: Distribution, frozen: bool = False) -> Estimate:
-        """The same estimate with z_k ~ q for any proposal q of batch shape [B] (amortized or per-point); ``frozen`` holds θ constant."""
-        return self.collect(lambda k: importance_log_weights(model, x, q, k, frozen), x.shape[0])
+    def estimate_with(
+        self, model: LatentVariableModel, x: Tensor, q: Distribution, frozen: bool = False, density: Optional[Distribution] = None
+    ) -> Estimate:
+        """The same estimate with z_k ~ q for any proposal q of batch shape [B] (amortized or per-point); see importance_log_weights."""
+        return self.collect(lambda k: importance_log_weights(model, x, q, k, frozen, density), x.shape[0])
 
     def trains_encoder(self, model: LatentVariableModel) -> bool:
         return not model.discrete

@@ -1,0 +1,128 @@
+"""The inference gaps of Cremer et al. (2018) on a fixed subset of points:
+
+log p(x) = ELBO(q_φ) + [ELBO(q*) − ELBO(q_φ)] + [log p(x) − ELBO(q*)]
+         = ELBO(q_φ) + amortization gap      + approximation gap,
+
+with q* the per-point optimum of ``LocalOptimizer``, and the seconds each kind of inference took.
+"""
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence, TypeVar
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from lvm_lightning.errors import UsageError
+from lvm_lightning.inference.local import LocalOptimizer, LocalResult
+from lvm_lightning.models.lvm import LatentVariableModel
+from lvm_lightning.objectives import Exact, ImportanceSampling, elbo
+
+T = TypeVar("T")
+
+
+@dataclass
+class GapReport:
+    """Per point [N]: ELBO(q_φ), ELBO(q*), log p(x), ELBO after k steps of refinement from q_φ; q*'s fit; seconds of each inference."""
+
+    elbo_amortized: Tensor
+    elbo_optimized: Tensor
+    log_px: Tensor
+    refined: dict[int, Tensor]
+    optimized: LocalResult
+    seconds_amortized: float
+    seconds_optimized: float
+
+    def per_point(self) -> dict[str, Tensor]:
+        """Every per-point quantity [N], the two gaps included, by name."""
+        values = {
+            "elbo_amortized": self.elbo_amortized,
+            "elbo_optimized": self.elbo_optimized,
+            "log_px": self.log_px,
+            "amortization_gap": self.elbo_optimized - self.elbo_amortized,
+            "approximation_gap": self.log_px - self.elbo_optimized,
+            "steps": self.optimized.steps.to(self.log_px.dtype),
+            "converged": self.optimized.converged.to(self.log_px.dtype),
+        }
+        values.update({f"refined_elbo/k={k}": v for k, v in sorted(self.refined.items())})
+        return values
+
+    def sums(self) -> dict[str, Tensor]:
+        """Σ v and Σ v² over points for each quantity, the count and the seconds: additive, so ranks combine them by all_reduce(sum)."""
+        sums = {}
+        for name, value in self.per_point().items():
+            sums[name] = value.sum()
+            sums[f"{name}/sq"] = value.square().sum()
+        like = self.log_px.new_tensor
+        sums.update(count=like(float(len(self.log_px))), seconds_amortized=like(self.seconds_amortized), seconds_optimized=like(self.seconds_optimized))
+        return sums
+
+
+def summarize(sums: dict[str, Tensor]) -> dict[str, float]:
+    """Means per point with their standard errors (``NAME_stderr``), and seconds per point of each inference, from ``GapReport.sums`` (summed over ranks)."""
+    n = float(sums["count"])
+    out = {}
+    for name in (k for k in sums if f"{k}/sq" in sums):
+        mean = float(sums[name]) / n
+        variance = max(float(sums[f"{name}/sq"]) / n - mean**2, 0.0) * n / max(n - 1, 1)
+        out[name] = mean
+        out[f"{name}_stderr"] = math.sqrt(variance / n)
+    out["seconds_per_point_amortized"] = float(sums["seconds_amortized"]) / n
+    out["seconds_per_point_optimized"] = float(sums["seconds_optimized"]) / n
+    out["num_points"] = n
+    return out
+
+
+def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """fn() and its wall-clock seconds, waiting for queued GPU work on both ends."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    out = fn()
+    synchronize()
+    return out, time.perf_counter() - start
+
+
+@torch.no_grad()
+def log_marginal(model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: int, chunk_size: Optional[int] = None) -> Tensor:
+    """log p(x) [N]: exact where tractable (categorical z, linear-Gaussian), else log (1/K) Σ_k p(x, z_k)/q(z_k), z_k ~ q, chunked."""
+    try:
+        return Exact().estimate(model, x).log_px
+    except UsageError:
+        return ImportanceSampling(num_samples, chunk_size).estimate_with(model, x, q).log_px
+
+
+def gap_decomposition(
+    model: LatentVariableModel,
+    x: Tensor,
+    optimizer: LocalOptimizer,
+    elbo_samples: int = 100,
+    log_px_samples: int = 1000,
+    refine_steps: Sequence[int] = (),
+    chunk_size: Optional[int] = None,
+) -> GapReport:
+    """ELBO(q_φ), ELBO(q*) and log p(x) on the points ``x``, with the ELBO after each k in ``refine_steps`` Adam steps from q_φ.
+
+    ELBOs average ``elbo_samples`` log-weights (enumerated exactly for a categorical z); log p(x) is
+    importance-sampled from q* with ``log_px_samples`` where it has no closed form. Put the model in
+    eval mode first: a decoder with batch-norm would otherwise update its running statistics.
+    """
+    ks = sorted(set(refine_steps))
+    from_encoder = optimizer.init == "encoder"
+    with torch.no_grad():
+        q_amortized, seconds_amortized = _timed(lambda: model.posterior(x), x.device)
+    # From the encoder, q*'s own run passes through every k; from the prior, refinement needs a run of its own.
+    result, seconds_optimized = _timed(lambda: optimizer.fit(model, x, record_at=ks if from_encoder else ()), x.device)
+    refinement = result if from_encoder else replace(optimizer, init="encoder", max_steps=max(ks, default=1)).fit(model, x, record_at=ks)
+    with torch.no_grad():
+        q_star = optimizer.posterior(model, result.params)
+        return GapReport(
+            elbo_amortized=elbo(model, x, q_amortized, elbo_samples),
+            elbo_optimized=elbo(model, x, q_star, elbo_samples),
+            log_px=log_marginal(model, x, q_star, log_px_samples, chunk_size),
+            refined={k: elbo(model, x, optimizer.posterior(model, refinement.snapshots[k]), elbo_samples) for k in ks},
+            optimized=result,
+            seconds_amortized=seconds_amortized,
+            seconds_optimized=seconds_optimized,
+        )

@@ -1,0 +1,158 @@
+"""Per-point (local) variational inference: λ_i = argmax_λ L(q_λ; x_i) for every datapoint, θ frozen.
+
+Each point owns an unconstrained parameter row λ_i (mean and log-std for a Gaussian q, logits for a
+categorical q) that the encoder's family turns into q_λ. All rows are one [N, P] tensor moved by one
+batched Adam, so the cost of a step is one decoder pass over K × N samples. Only λ receives
+gradients: the decoder runs on detached parameters, and the model's optimizer is never touched.
+"""
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from lvm_lightning.errors import UsageError
+from lvm_lightning.models.lvm import LatentVariableModel
+from lvm_lightning.objectives import ELBO, ImportanceSampling, elbo
+
+Bound = Literal["elbo", "iwae"]
+Gradient = Literal["stl", "reparam"]
+Init = Literal["encoder", "prior"]
+Stopping = Literal["point", "batch"]
+
+
+@dataclass
+class LocalResult:
+    """λ* [N, P]; Adam steps each point took [N]; whether it met the plateau rule before the cap [N]; λ after k steps for each recorded k."""
+
+    params: Tensor
+    steps: Tensor
+    converged: Tensor
+    snapshots: dict[int, Tensor] = field(default_factory=dict)
+
+
+class _RowAdam:
+    """Adam ascent on rows of λ that all took the same number of steps, so one bias correction serves them all."""
+
+    def __init__(self, params: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m, self.v = torch.zeros_like(params), torch.zeros_like(params)
+
+    def ascend(self, params: Tensor, grad: Tensor, step: int) -> Tensor:
+        """λ + lr · m̂ / (√v̂ + ε) after folding ``grad`` into the moments."""
+        b1, b2 = self.betas
+        self.m.lerp_(grad, 1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.v / (1 - b2**step)).sqrt_().add_(self.eps)
+        return params.addcdiv(self.m, denom, value=self.lr / (1 - b1**step))
+
+    def keep(self, rows: Tensor) -> None:
+        """Drop the moments of every row not in ``rows`` (indices into the current rows)."""
+        self.m, self.v = self.m[rows], self.v[rows]
+
+
+@dataclass
+class LocalOptimizer:
+    """Fits q_λᵢ(z) per point by Adam on L(λ) = ELBO (or the K-sample IWAE bound), θ frozen.
+
+    A Gaussian q follows the reparameterized gradient, by default its "sticking the landing" form
+    (Roeder et al., 2017), whose variance vanishes as q_λ reaches p_θ(z|x): Adam's jitter at the
+    optimum then shrinks too, instead of leaving λ a step size away (STL is biased for the IWAE
+    bound, which therefore needs ``gradient="reparam"``).
+
+    Stops a point (``stopping="point"``) or the whole batch (``"batch"``) by the plateau rule of
+    Cremer et al. (2018): every ``check_every`` steps the bound averaged over those steps is
+    compared with its best so far, and after ``patience`` checks without improvement it stops;
+    ``max_steps`` caps it. A categorical q uses the exact enumerated ELBO (its optimum is the
+    exact posterior, so the IWAE option does not apply).
+    """
+
+    num_samples: int = 10
+    bound: Bound = "elbo"
+    init: Init = "encoder"
+    lr: float = 1e-3
+    max_steps: int = 2000
+    check_every: int = 100
+    patience: int = 10
+    stopping: Stopping = "point"
+    gradient: Gradient = "stl"
+
+    def __post_init__(self) -> None:
+        if min(self.num_samples, self.max_steps, self.check_every, self.patience) < 1 or not self.lr > 0:
+            raise UsageError("num_samples, max_steps, check_every and patience must be >= 1 and lr > 0")
+        for name, value, allowed in (("bound", self.bound, ("elbo", "iwae")), ("init", self.init, ("encoder", "prior")), ("stopping", self.stopping, ("point", "batch")), ("gradient", self.gradient, ("stl", "reparam"))):
+            if value not in allowed:
+                raise UsageError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+        if self.bound == "iwae" and self.gradient == "stl":
+            raise UsageError("the STL gradient is biased for the IWAE bound (Tucker et al., 2018): pass gradient 'reparam' with bound 'iwae'")
+
+    def posterior(self, model: LatentVariableModel, params: Tensor) -> Distribution:
+        """q_λ for parameter rows ``params`` [N, P], through the encoder's family."""
+        return model.encoder.family(params)
+
+    @torch.no_grad()
+    def initial_params(self, model: LatentVariableModel, x: Tensor) -> Tensor:
+        """λ⁰ [N, P]: the encoder's output, or the parameters that make q_λ the prior (logits; or mean and log-std)."""
+        if self.init == "encoder":
+            return model.encoder.net(x).detach()
+        prior = model.prior()
+        params = prior.logits if model.discrete else torch.cat([prior.mean, prior.stddev.log()], -1)
+        return params.detach().expand(len(x), -1).clone()
+
+    def objective(self, model: LatentVariableModel, x: Tensor, params: Tensor) -> Tensor:
+        """L(λ_i; x_i) per point [N], θ held constant."""
+        q = self.posterior(model, params)
+        if model.discrete:
+            return elbo(model, x, q)
+        density = self.posterior(model, params.detach()) if self.gradient == "stl" else None
+        bound = ImportanceSampling(self.num_samples) if self.bound == "iwae" else ELBO(self.num_samples)
+        return bound.estimate_with(model, x, q, frozen=True, density=density).log_px
+
+    def fit(self, model: LatentVariableModel, x: Tensor, record_at: Sequence[int] = ()) -> LocalResult:
+        """Optimizes every point's λ from ``initial_params``; ``record_at`` keeps a copy of λ after each listed step count."""
+        if self.bound == "iwae" and model.discrete:
+            raise UsageError("bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO")
+        params = self.initial_params(model, x)
+        n = len(x)
+        steps = torch.zeros(n, dtype=torch.long, device=x.device)
+        best = torch.full((n,), -torch.inf, dtype=params.dtype, device=x.device)
+        stale = torch.zeros(n, dtype=torch.long, device=x.device)
+        snapshots = {0: params.clone()} if 0 in record_at else {}
+        # The rows still being optimized, kept compact between checks so stopped points cost nothing.
+        active = torch.arange(n, device=x.device)
+        rows, x_rows, adam = params.clone(), x, _RowAdam(params, self.lr)
+        window = torch.zeros(n, dtype=params.dtype, device=x.device)
+        for step in range(1, self.max_steps + 1):
+            rows.requires_grad_(True)
+            value = self.objective(model, x_rows, rows)
+            (grad,) = torch.autograd.grad(value.sum(), rows)
+            with torch.no_grad():
+                rows = adam.ascend(rows.detach(), grad, step)
+                window += value.detach()
+            if step in record_at:
+                snapshots[step] = params.index_copy(0, active, rows)
+            if step % self.check_every and step < self.max_steps:
+                continue
+            params.index_copy_(0, active, rows)
+            steps[active] = step
+            if step % self.check_every == 0:
+                keep = self._plateau(window / self.check_every, best, stale, active)
+                active, rows, x_rows = active[keep], rows[keep], x_rows[keep]
+                adam.keep(keep)
+                window = torch.zeros(len(active), dtype=params.dtype, device=x.device)
+            if len(active) == 0:  # host sync once per check, not per step
+                break
+        for k in record_at:
+            snapshots.setdefault(k, params.clone())
+        return LocalResult(params, steps, stale >= self.patience, snapshots)
+
+    def _plateau(self, mean: Tensor, best: Tensor, stale: Tensor, active: Tensor) -> Tensor:
+        """Updates best and stale for the active points from this window's mean bound; returns which of them go on."""
+        if self.stopping == "batch":
+            # One shared record: every active point carries the batch mean.
+            mean = mean.mean().expand_as(mean)
+        improved = mean > best[active]
+        best[active] = torch.where(improved, mean, best[active])
+        stale[active] = torch.where(improved, 0, stale[active] + 1)
+        return (stale[active] < self.patience).nonzero().squeeze(-1)
