@@ -1,0 +1,78 @@
+"""The AmortizationGap callback: logs gap/… to TensorBoard and leaves training exactly as it would have been."""
+import pytorch_lightning as pl
+import pytest
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lvm_lightning.callbacks import AmortizationGap
+from lvm_lightning.data import GaussianMixtureData
+from lvm_lightning.module import LVMModule
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fit(tmp_path, callbacks: list, name: str) -> tuple[pl.Trainer, LVMModule]:
+    """Two epochs of a small Gaussian-latent model (sampling draws from the training RNG) on mixture data."""
+    pl.seed_everything(0)
+    data = GaussianMixtureData(num_clusters=4, num_train=256, num_val=64, num_test=64, batch_size=64)
+    module = LVMModule(
+        latent="gaussian", latent_dim=2, encoder_hidden=(16,), decoder_hidden=(16,), objective="importance_sampling", num_samples=4, eval_num_samples=8
+    )
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=TensorBoardLogger(str(tmp_path), name=name),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    trainer.fit(module, datamodule=data)
+    return trainer, module
+
+
+def gap_callback() -> AmortizationGap:
+    return AmortizationGap(every_n_epochs=1, num_points=32, max_steps=30, refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50)
+
+
+def test_training_is_bit_identical_with_the_callback_and_gaps_reach_tensorboard(tmp_path):
+    _, plain = fit(tmp_path, [], "plain")
+    trainer, tracked = fit(tmp_path, [gap_callback()], "tracked")
+    for (name, a), b in zip(plain.state_dict().items(), tracked.state_dict().values()):
+        assert torch.equal(a, b), name
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"gap/elbo_amortized", "gap/elbo_optimized", "gap/log_px", "gap/amortization_gap", "gap/approximation_gap"}
+    expected |= {"gap/seconds_per_point_amortized", "gap/seconds_per_point_optimized", "gap/refined_elbo/k=0", "gap/refined_elbo/k=30"}
+    assert expected <= tags
+    assert len(events.Scalars("gap/amortization_gap")) == 2  # every epoch
+    for name in ("elbo_amortized", "elbo_optimized", "log_px"):
+        assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars(f"gap/{name}"))
+
+
+def test_one_evaluation_leaves_weights_optimizer_and_rng_bit_identical(tmp_path):
+    trainer, module = fit(tmp_path, [], "direct")
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    optimizer = trainer.optimizers[0].state_dict()
+    moments = {k: {n: t.clone() for n, t in s.items()} for k, s in optimizer["state"].items()}
+    rng = torch.get_rng_state()
+    module.train()
+    gap_callback().on_train_epoch_end(trainer, module)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert module.training and all(m.training for m in module.modules())
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+    assert all(p.grad is None for p in module.parameters())
+    after = trainer.optimizers[0].state_dict()["state"]
+    for key, state in moments.items():
+        for name, value in state.items():
+            assert torch.equal(after[key][name], value), (key, name)
