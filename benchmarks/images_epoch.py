@@ -1,0 +1,135 @@
+"""Seconds per training epoch on Fashion-MNIST: our Lightning path against a plain PyTorch loop of the same model, in one process.
+
+    flock /tmp/lvm_bench.lock .venv/bin/python benchmarks/images_epoch.py [--steps 100] [--ks 1 50]
+
+Both train the model of configs/fashion_mnist_iwae.yaml (IWAE paper's MLP) on the same tensor on the
+same device with the same batch size, dynamic binarization on the device, Adam. Each times ``steps``
+steady-state steps after ``warmup`` and scales to one epoch (train split / batch size steps);
+validation is off in both. The best of ``repeats`` alternating runs is kept, against load from
+other processes. Lightning runs as train.py does (TensorBoard logger, metrics every 10 steps) but
+without checkpointing or progress bar.
+"""
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lvm_lightning.data import FashionMNISTData  # noqa: E402
+from lvm_lightning.models import build_model  # noqa: E402
+from lvm_lightning.models.lvm import LatentVariableModel  # noqa: E402
+from lvm_lightning.module import LVMModule  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_iwae.yaml"
+BUILD_ARGS = ("latent", "latent_dim", "encoder_hidden", "decoder_hidden", "activation", "likelihood")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepTimer(pl.Callback):
+    """Wall time from the start of batch ``warmup`` to the end of batch ``warmup + steps − 1``."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps, self.seconds = warmup, steps, math.nan
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.warmup:
+            synchronize(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self.warmup + self.steps:
+            synchronize(pl_module.device)
+            self.seconds = time.perf_counter() - self.start
+
+
+def lightning_seconds(model_args: dict, data: FashionMNISTData, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds for ``steps`` training steps of LVMModule under pl.Trainer."""
+    torch.manual_seed(0)
+    timer = StepTimer(warmup, steps)
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = pl.Trainer(
+            accelerator=device.type, devices=1, max_steps=warmup + steps, limit_val_batches=0, callbacks=[timer],
+            logger=TensorBoardLogger(logs), log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(LVMModule(data_dim=784, **model_args), datamodule=data)
+    return timer.seconds
+
+
+def iwae_loss(model: LatentVariableModel, x: Tensor, k: int) -> Tensor:
+    """−mean_x log (1/K) Σ_k p(z_k) p(x|z_k) / q(z_k|x), z_k ~ q(z|x) reparameterized: written out, not through our estimators."""
+    q = model.encoder(x)
+    z = q.rsample((k,))
+    log_weights = model.prior().log_prob(z) + model.decoder(z).log_prob(x) - q.log_prob(z)
+    return -(log_weights.logsumexp(0) - math.log(k)).mean()
+
+
+def plain_seconds(model_args: dict, train: Tensor, batch_size: int, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds for ``steps`` steps of a hand-written loop: index a permutation, binarize on the device, Adam."""
+    torch.manual_seed(0)
+    model = build_model(784, **{name: model_args[name] for name in BUILD_ARGS}).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=model_args["lr"])
+    batches = torch.randperm(len(train), device=device).split(batch_size)
+    for step in range(warmup + steps):
+        if step == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        x = torch.bernoulli(train[batches[step % len(batches)]])
+        loss = iwae_loss(model, x, model_args["num_samples"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST folder (flat .gz files or torchvision's layout)")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 50], help="numbers of importance samples K")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps before them")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each path; the fastest counts")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads for torch (default: torch's own choice)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model_args = yaml.safe_load(CONFIG.read_text())["model"]
+    data = FashionMNISTData(root=args.root, batch_size=args.batch_size)
+    data.setup()
+    train = data.splits["train"].to(device)
+    steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    print(f"device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}, {steps_per_epoch} steps/epoch, "
+          f"{args.steps} timed steps after {args.warmup}, best of {args.repeats}; load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    rows = []
+    for k in args.ks:
+        run_args = {**model_args, "num_samples": k}
+        ours, plain = math.inf, math.inf
+        for _ in range(args.repeats):
+            plain = min(plain, plain_seconds(run_args, train, args.batch_size, device, args.warmup, args.steps))
+            ours = min(ours, lightning_seconds(run_args, data, device, args.warmup, args.steps))
+        rows.append((k, ours * steps_per_epoch / args.steps, plain * steps_per_epoch / args.steps))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    print(f"{'K':>4}  {'lightning s/epoch':>17}  {'plain loop s/epoch':>18}  {'ratio':>6}")
+    for k, ours, plain in rows:
+        print(f"{k:>4}  {ours:>17.2f}  {plain:>18.2f}  {ours / plain:>6.3f}")
+
+
+if __name__ == "__main__":
+    main()
