@@ -78,6 +78,16 @@ def test_flat_gz_folder_is_unpacked_into_the_cache_and_read_by_torchvision(flat:
     assert sorted(p.name for p in flat.iterdir()) == sorted(f"{n}.gz" for n in IDX_FILES)  # the source folder is left alone
 
 
+def test_flat_uncompressed_files_are_read_too(tmp_path: Path, arrays: dict[str, np.ndarray]) -> None:
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for name, array in arrays.items():
+        (folder / name).write_bytes(idx_bytes(array))
+    data = MNISTData(root=str(folder), download=False, binarization="none", num_val=NUM_VAL, cache_dir=str(tmp_path / "cache"))
+    data.setup()
+    assert torch.equal(data.splits["test"], grey(arrays[IDX_FILES[2]]))
+
+
 def test_torchvision_raw_layout_is_read_in_place(tmp_path: Path, arrays: dict[str, np.ndarray]) -> None:
     raw = tmp_path / "root" / "MNIST" / "raw"
     raw.mkdir(parents=True)

@@ -7,6 +7,7 @@ files are unpacked once into a cache folder keyed by their path, size and time, 
 """
 import gzip
 import hashlib
+import math
 import os
 import shutil
 from pathlib import Path
@@ -41,9 +42,14 @@ def default_cache_dir() -> Path:
 
 
 def flat_sources(folder: Path) -> Optional[list[Path]]:
-    """The four IDX files lying flat in ``folder`` (NAME.gz or NAME), or None unless all four are there."""
-    sources = [next((folder / f"{name}{ext}" for ext in (".gz", "") if (folder / f"{name}{ext}").is_file()), None) for name in IDX_FILES]
-    return None if None in sources else sources
+    """The four IDX files lying flat in ``folder`` (NAME.gz, else NAME), or None unless all four are there."""
+    sources = []
+    for name in IDX_FILES:
+        found = [path for path in (folder / f"{name}.gz", folder / name) if path.is_file()]
+        if not found:
+            return None
+        sources.append(found[0])
+    return sources
 
 
 def unpack(sources: list[Path], raw: Path) -> None:
@@ -98,7 +104,7 @@ class ImageData(InMemoryDataModule):
 
     @property
     def data_dim(self) -> int:
-        return self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        return math.prod(self.image_shape)
 
     @property
     def binary(self) -> bool:
@@ -127,11 +133,12 @@ class ImageData(InMemoryDataModule):
             dataset = self.dataset_class(str(root), train=train, download=self.hparams.download)
         except (RuntimeError, OSError) as error:
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            why = f"the download failed ({lines[-1] if lines else type(error).__name__})" if self.hparams.download else "download is off"
-            raise UsageError(
-                f"{self.title} not found in {str(root)!r} and {why}: put the four files "
-                f"{', '.join(f'{n}.gz' for n in IDX_FILES)} flat in that folder, or pass --data.download true with internet access"
-            ) from None
+            if self.hparams.download:
+                why, other_way = f"the download failed ({lines[-1] if lines else type(error).__name__})", "retry with internet access"
+            else:
+                why, other_way = "download is off", "pass --data.download true"
+            files = ", ".join(f"{name}.gz" for name in IDX_FILES)
+            raise UsageError(f"{self.title} not found in {str(root)!r} and {why}: put the four files {files} flat in that folder, or {other_way}") from None
         images = dataset.data
         if tuple(images.shape[1:]) != self.image_shape[1:]:
             raise UsageError(f"{self.title} images in {str(root)!r} are {tuple(images.shape[1:])}, expected {self.image_shape[1:]}")
