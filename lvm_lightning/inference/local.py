@@ -5,8 +5,9 @@ categorical q) that the encoder's family turns into q_λ. All rows are one [N, P
 batched Adam, so the cost of a step is one decoder pass over K × N samples. Only λ receives
 gradients: the decoder runs on detached parameters, and the model's optimizer is never touched.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +31,17 @@ class LocalResult:
     steps: Tensor
     converged: Tensor
     snapshots: dict[int, Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def _unvalidated() -> Iterator[None]:
+    """torch.distributions argument checks off: every step would otherwise re-scan the data and the samples."""
+    previous = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(previous)
 
 
 class _RowAdam:
@@ -113,6 +125,10 @@ class LocalOptimizer:
         """Optimizes every point's λ from ``initial_params``; ``record_at`` keeps a copy of λ after each listed step count."""
         if self.bound == "iwae" and model.discrete:
             raise UsageError("bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO")
+        with _unvalidated():
+            return self._fit(model, x, record_at)
+
+    def _fit(self, model: LatentVariableModel, x: Tensor, record_at: Sequence[int]) -> LocalResult:
         params = self.initial_params(model, x)
         n = len(x)
         steps = torch.zeros(n, dtype=torch.long, device=x.device)
