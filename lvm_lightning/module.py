@@ -55,6 +55,7 @@ class LVMModule(pl.LightningModule):
         self.objective.check(self.model)
         self.encoder_objective = resolve_encoder_objective(encoder_objective, self.model)
         self.evaluators = evaluation_estimators(self.model, eval_num_samples, chunk_size)
+        self._resume_rng_state: Optional[dict[str, Tensor]] = None
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         estimate = self.objective.estimate(self.model, x)
@@ -65,8 +66,18 @@ class LVMModule(pl.LightningModule):
         self.log(f"train/log_px/{self.objective.name}", estimate.log_px.mean(), batch_size=len(x))
         return loss
 
+    def _rng_devices(self) -> list[torch.device]:
+        return [self.device] if self.device.type == "cuda" else []
+
     @torch.no_grad()
-    def _evaluate(self, x: Tensor, stage: str) -> None:
+    def _evaluate(self, x: Tensor, stage: str, batch_idx: int) -> None:
+        # Own seeded stream: the training stream is the same whether or how often we validate, and every
+        # epoch's estimates use the same random numbers, so their curves show the model's change, not noise.
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(batch_idx)
+            self._log_estimates(x, stage)
+
+    def _log_estimates(self, x: Tensor, stage: str) -> None:
         for estimator in self.evaluators:
             estimate = estimator.estimate(self.model, x)
             log = {f"{stage}/log_px/{estimator.name}": estimate.log_px.mean()}
@@ -79,10 +90,10 @@ class LVMModule(pl.LightningModule):
             self.log_dict(log, batch_size=len(x), sync_dist=True)
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
-        self._evaluate(x, "val")
+        self._evaluate(x, "val", batch_idx)
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        self._evaluate(x, "test")
+        self._evaluate(x, "test", batch_idx)
 
     def setup(self, stage: str) -> None:
         # Checked here, where model and data meet: torch would otherwise fail deep inside Bernoulli.log_prob.
@@ -99,7 +110,23 @@ class LVMModule(pl.LightningModule):
         # Burda et al. (2016): 3^i epochs at lr·10^(−i/7), i = 0..7; LambdaLR steps once per epoch.
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, burda_lr_factor)}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_rng_state = checkpoint.get("rng_state")
+
+    def on_train_start(self) -> None:
+        # Lightning restores weights, optimizer and loops but not torch's RNG: without it a resumed run
+        # would draw other samples than the uninterrupted one.
+        state = self._resume_rng_state
+        if state is not None:
+            torch.set_rng_state(state["cpu"])
+            if "cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda"], self.device)
+            self._resume_rng_state = None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_state"] = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state(self.device)
         # Lightning stores the datamodule's hyperparameters but not its class; evaluation needs both.
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:

@@ -1,0 +1,21 @@
+"""Shared helpers: the repository root, and running the command-line tools as a new user would."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_tool(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs ``python ARGS`` in a fresh process from ``cwd`` with the repository importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
