@@ -1,5 +1,7 @@
 """LightningCLI for lvm_lightning: ``python train.py`` trains the default mixture model."""
+import logging
 import sys
+from argparse import ArgumentError
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -9,7 +11,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, TrueLogDensity
 from lvm_lightning.data import GaussianMixtureData
-from lvm_lightning.errors import UsageError
+from lvm_lightning.errors import find_usage_error
 from lvm_lightning.module import LVMModule
 
 
@@ -49,10 +51,27 @@ class LVMCLI(LightningCLI):
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point: runs ``fit`` when no subcommand is given, and turns UsageError into one line and exit code 2."""
     argv = sys.argv[1:] if args is None else list(args)
+    # "Seed set to 0" on stderr would stand before our one-line errors; the seed is in the saved config anyway.
+    logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["fit", *argv]
     try:
-        LVMCLI(LVMModule, pl.LightningDataModule, subclass_mode_data=True, seed_everything_default=0, args=argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # LightningCLI warns when given args while sys.argv holds arguments too: hand it ours as sys.argv.
+        sys.argv[1:] = argv
+        LVMCLI(
+            LVMModule,
+            pl.LightningDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            parser_kwargs={"exit_on_error": False},  # so that a mistyped option is one line too, not the full usage
+        )
+    except Exception as error:
+        usage_error = find_usage_error(error)
+        if usage_error is None and not isinstance(error, ArgumentError):
+            raise
+        if usage_error is not None:
+            message = str(usage_error)
+        else:
+            message = " ".join(str(error).split()) + " (python train.py fit --help lists every option)"
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

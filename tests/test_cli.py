@@ -1,0 +1,137 @@
+"""End to end as a user runs it: train.py, TensorBoard read back, evaluation in a fresh process, clear errors, resume."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, run_tool
+from lvm_lightning.cli import main
+
+FAST = ["--trainer.enable_progress_bar", "false", "--data.num_train", "1000", "--data.num_val", "500", "--data.num_test", "500"]
+QUIET = ["--amortization_gap.every_n_epochs", "0"]
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A short default run (mixture, categorical z, exact objective) in a fresh process, as a user starts it."""
+    cwd = tmp_path_factory.mktemp("run")
+    args = [str(ROOT / "train.py"), "fit", "--trainer.max_epochs", "3", "--density_plot.every_n_epochs", "2", *FAST, *QUIET]
+    result = run_tool(args, cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "run folder (TensorBoard logs and checkpoints): runs/default/version_0" in result.stdout
+    return cwd / "runs" / "default" / "version_0"
+
+
+def test_tensorboard_has_every_estimator_side_by_side(trained_run):
+    logged = scalars(trained_run)
+    for name in ("exact", "prior_sampling", "importance_sampling", "elbo", "true"):
+        assert len(logged[f"val/log_px/{name}"]) == 3, name
+    for name in ("prior_sampling", "importance_sampling"):
+        assert all(0 < v <= 1 for v in logged[f"val/ess_fraction/{name}"])
+        assert all(v >= 0 for v in logged[f"val/log_px_stderr/{name}"])
+    exact, elbo, true = (logged[f"val/log_px/{n}"][-1] for n in ("exact", "elbo", "true"))
+    assert elbo <= exact + 1e-3 and exact < true + 0.05  # an ELBO bounds log p(x); a fitted model does not beat the truth by much
+    assert logged["val/log_px/exact"][-1] > logged["val/log_px/exact"][0]  # it learns
+    accumulator = EventAccumulator(str(trained_run))
+    accumulator.Reload()
+    assert "density" in accumulator.Tags()["images"]
+    assert (trained_run / "hparams.yaml").read_text().count("objective: exact") == 1
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_checkpoint_evaluated_in_a_fresh_process(trained_run, tmp_path):
+    output = tmp_path / "report.json"
+    result = run_tool(["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--num-samples", "200", "--output", str(output)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    estimates = report["estimates"]
+    assert set(estimates) >= {"exact", "prior_sampling", "importance_sampling", "elbo"}
+    for name, entry in estimates.items():
+        assert entry["num_points"] == 500 and entry["stderr"] > 0 and np.isfinite(entry["mean"]), name
+    assert estimates["importance_sampling"]["num_samples"] == 200
+    assert abs(estimates["importance_sampling"]["mean"] - estimates["exact"]["mean"]) < 0.05
+    assert estimates["elbo"]["mean"] <= estimates["exact"]["mean"] + 1e-3
+    assert report["true_log_px"]["num_points"] == 500
+    assert "importance_sampling" in result.stdout and "true density" in result.stdout
+
+
+def test_evaluation_on_a_user_npy_file(trained_run, tmp_path):
+    np.save(tmp_path / "points.npy", np.random.default_rng(0).normal(size=(64, 2)))
+    result = run_tool(["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--data-path", "points.npy", "--num-samples", "50", "--output", "r.json"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["estimates"]["exact"]["num_points"] == 64 and "true_log_px" not in report
+
+
+def test_load_from_checkpoint_needs_no_config(trained_run):
+    from lvm_lightning import LVMModule
+
+    module = LVMModule.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    assert module.hparams.objective == "exact" and module.model.discrete
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train.py", "fit", "--model.latent", "gaussian", "--model.objective", "exact"], "needs a categorical latent"),
+        (["train.py", "fit", "--model.objective", "importance_sampling", "--model.num_samples", "0"], "num_samples >= 1"),
+        (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "missing.npy"], "not found"),
+        (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "wrong_shape.npy"], "expected N×D"),
+        (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "with_nan.npy"], "NaN"),
+        (["-m", "lvm_lightning.evaluate", "no/such.ckpt"], "not found"),
+        (["-m", "lvm_lightning.evaluate", "not_a_checkpoint.ckpt"], "not an lvm_lightning checkpoint"),
+    ],
+)
+def test_bad_input_gives_one_line_error(tmp_path, args, message):
+    np.save(tmp_path / "wrong_shape.npy", np.ones((4, 3, 2)))
+    np.save(tmp_path / "with_nan.npy", np.array([[1.0, np.nan]] * 5))
+    (tmp_path / "not_a_checkpoint.ckpt").write_text("hello")
+    args = [str(ROOT / a) if a == "train.py" else a.replace("CONFIGS", str(ROOT / "configs")) for a in args]
+    result = run_tool(args, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_no_subcommand_means_fit(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["--trainer.max_epochs", "1", *FAST, *QUIET, "--density_plot.every_n_epochs", "0"])
+    assert "run folder" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "default" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_runs(config, tmp_path, monkeypatch):
+    if config.startswith(("mnist", "fashion")):
+        pytest.skip("image configs are exercised by the image tests")
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(ROOT / "configs" / config), "--trainer.fast_dev_run", "2", "--trainer.enable_progress_bar", "false"]
+    if config == "numpy_file.yaml":
+        np.save(tmp_path / "mine.npy", np.random.default_rng(0).normal(size=(100, 4)))
+        args += ["--data.path", "mine.npy"]
+    main(args)
+
+
+def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypatch):
+    """4 epochs straight vs 2 epochs, then resumed from last.ckpt to 4: the same weights to the last bit."""
+    monkeypatch.chdir(tmp_path)
+    common = ["--model.objective", "importance_sampling", "--model.num_samples", "3", *FAST, *QUIET, "--density_plot.every_n_epochs", "0"]
+    main(["fit", "--trainer.max_epochs", "4", "--trainer.logger.init_args.name", "straight", *common])
+    main(["fit", "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "interrupted", *common])
+    last = tmp_path / "runs" / "interrupted" / "version_0" / "checkpoints" / "last.ckpt"
+    main(["fit", "--trainer.max_epochs", "4", "--trainer.logger.init_args.name", "interrupted", "--trainer.logger.init_args.version", "0", "--ckpt_path", str(last), *common])
+    straight = torch.load(tmp_path / "runs" / "straight" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(last, weights_only=False)
+    assert straight["epoch"] == resumed["epoch"] == 3
+    for name, tensor in straight["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
