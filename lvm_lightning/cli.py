@@ -64,6 +64,7 @@ def main(args: Optional[list[str]] = None) -> None:
             subclass_mode_data=True,
             seed_everything_default=0,
             parser_kwargs={"exit_on_error": False},  # so that a mistyped option is one line too, not the full usage
+            save_config_kwargs={"overwrite": True},  # a resumed run writes into its own folder again
         )
     except Exception as error:
         usage_error = find_usage_error(error)
