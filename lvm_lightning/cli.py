@@ -41,11 +41,16 @@ class LVMCLI(LightningCLI):
             }
         )
 
+    def _say(self, template: str) -> None:
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, one prints
+        if self.trainer.is_global_zero:
+            print(template.format(log_dir=log_dir), flush=True)
+
     def before_fit(self) -> None:
-        print(f"run folder (TensorBoard logs and checkpoints): {self.trainer.log_dir}", flush=True)
+        self._say("run folder (TensorBoard logs and checkpoints): {log_dir}")
 
     def after_fit(self) -> None:
-        print(f"checkpoints: {self.trainer.log_dir}/checkpoints  (evaluate: python -m lvm_lightning.evaluate CKPT)", flush=True)
+        self._say("checkpoints: {log_dir}/checkpoints  (evaluate: python -m lvm_lightning.evaluate CKPT)")
 
 
 def main(args: Optional[list[str]] = None) -> None:

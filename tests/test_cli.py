@@ -135,3 +135,15 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypa
     assert straight["epoch"] == resumed["epoch"] == 3
     for name, tensor in straight["state_dict"].items():
         assert torch.equal(tensor, resumed["state_dict"][name]), name
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    """Lightning's DDP (gloo, 2 processes): each rank trains on its shard; validation metrics are reduced across ranks."""
+    args = [str(ROOT / "train.py"), "fit", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+            "--trainer.max_epochs", "2", *FAST, "--amortization_gap.every_n_epochs", "1", "--amortization_gap.max_steps", "50"]
+    result = run_tool(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("run folder") == 1
+    logged = scalars(tmp_path / "runs" / "default" / "version_0")
+    assert len(logged["val/log_px/exact"]) == 2 and len(logged["gap/amortization_gap"]) == 2
+    assert logged["val/log_px/elbo"][-1] <= logged["val/log_px/exact"][-1] + 1e-3
