@@ -6,18 +6,22 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
+from conftest import ROOT, run_tool
 from lvm_lightning.data import FashionMNISTData
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import ImportanceSampling
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_vae.yaml"
+CONFIG = ROOT / "configs" / "fashion_mnist_vae.yaml"
 STEPS, TEST_POINTS, K = 300, 1000, 100
 # Measured: 543 nats (784 log 2) untrained, 311 after 100 steps, 285 after 300 (seed 0, CPU).
 NLL_THRESHOLD = 300.0
 
 
-@pytest.mark.skipif(not DEBIAN_FOLDER.is_dir(), reason=f"{DEBIAN_FOLDER} absent: apt-get install dataset-fashion-mnist (.ci/run does)")
+needs_debian_data = pytest.mark.skipif(not DEBIAN_FOLDER.is_dir(), reason=f"{DEBIAN_FOLDER} absent: apt-get install dataset-fashion-mnist (.ci/run does)")
+
+
+@needs_debian_data
 def test_vae_on_fashion_mnist_learns(tmp_path: Path) -> None:
     pl.seed_everything(0)
     module = LVMModule(data_dim=784, **yaml.safe_load(CONFIG.read_text())["model"])
@@ -29,3 +33,18 @@ def test_vae_on_fashion_mnist_learns(tmp_path: Path) -> None:
     with torch.no_grad():
         nll = -ImportanceSampling(K).estimate(module.model, data.splits["test"][:TEST_POINTS]).log_px.mean()
     assert nll < NLL_THRESHOLD, f"test NLL {float(nll):.1f} nats after {STEPS} steps (IS, K={K}, first {TEST_POINTS} test points)"
+
+
+@needs_debian_data
+def test_readme_command_trains_and_evaluates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a new user types it, cut to a few steps; the unpacked files go to the default cache, under XDG_CACHE_HOME.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = ROOT / "configs" / "fashion_mnist_iwae.yaml"
+    quick = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--model.eval_num_samples", "2", "--trainer.enable_progress_bar", "false"]
+    train = run_tool([str(ROOT / "train.py"), "fit", "--config", str(config), "--data.root", str(DEBIAN_FOLDER), *quick], cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert list((tmp_path / "cache" / "lvm_lightning").glob("*/FashionMNIST/raw/train-images-idx3-ubyte"))
+    checkpoint = tmp_path / "runs" / "fashion_mnist_iwae" / "version_0" / "checkpoints" / "last.ckpt"
+    evaluate = run_tool(["-m", "lvm_lightning.evaluate", str(checkpoint), "--num-samples", "2"], cwd=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert "importance_sampling" in evaluate.stdout and "10000" in evaluate.stdout
