@@ -264,6 +264,18 @@ def test_callbacks_write_grids_scatter_and_active_units_to_tensorboard(flat: Pat
     assert 0 <= units.value <= 2
 
 
+def test_image_callbacks_leave_training_bit_identical(flat: Path) -> None:
+    def trained(callbacks: list[pl.Callback]) -> torch.Tensor:
+        pl.seed_everything(0)
+        module = tiny_module()
+        logger = TensorBoardLogger(str(flat.parent / "runs"))
+        trainer = pl.Trainer(max_epochs=2, logger=logger, callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False)
+        trainer.fit(module, datamodule=fashion(flat, batch_size=10))
+        return torch.cat([p.flatten() for p in module.parameters()])
+
+    assert torch.equal(trained([]), trained([ImageGrids(num_images=4), LatentScatter(), ActiveUnits()]))
+
+
 def test_callbacks_are_harmless_on_non_image_data(tmp_path: Path) -> None:
     logger = TensorBoardLogger(str(tmp_path / "runs"), name="mixture")
     callbacks = [ImageGrids(), LatentScatter(), ActiveUnits()]

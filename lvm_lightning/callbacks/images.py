@@ -3,7 +3,8 @@
 Each callback does nothing where it does not apply (data without ``image_shape`` or labels,
 categorical latents, other loggers), so all of them can stay registered for every run.
 """
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import matplotlib
 
@@ -27,6 +28,14 @@ def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
         and isinstance(trainer.logger, TensorBoardLogger)
         and trainer.is_global_zero
     )
+
+
+@contextmanager
+def fixed_random_stream(device: torch.device) -> Iterator[None]:
+    """A fork of torch's random stream seeded with 0: the same draws every epoch, and training's stream left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        yield
 
 
 def _encoder_means(model: LatentVariableModel, x: Tensor, batch_size: int) -> Optional[Tensor]:
@@ -71,10 +80,12 @@ class ImageGrids(pl.Callback):
             return
         model = pl_module.model
         x = trainer.datamodule.splits["val"][: self.num_images].to(pl_module.device)
-        pairs = torch.stack([x, reconstructions(model, x)], dim=1).flatten(0, 1)
+        with fixed_random_stream(pl_module.device):
+            pairs = torch.stack([x, reconstructions(model, x)], dim=1).flatten(0, 1)
+            samples = prior_means(model, self.num_images)
         experiment, step = trainer.logger.experiment, trainer.global_step
         experiment.add_image("images/reconstructions", image_grid(pairs, image_shape, nrow=16), step)
-        experiment.add_image("images/prior_samples", image_grid(prior_means(model, self.num_images), image_shape, nrow=8), step)
+        experiment.add_image("images/prior_samples", image_grid(samples, image_shape, nrow=8), step)
 
 
 class LatentScatter(pl.Callback):
