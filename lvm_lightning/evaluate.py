@@ -1,11 +1,12 @@
 """Evaluate a checkpoint: every applicable estimate of log p(x) on its test split or on a .npy file.
 
-    python -m lvm_lightning.evaluate CKPT [--data-path FILE.npy] [--num-samples K] [--output FILE.json]
+    python -m lvm_lightning.evaluate CKPT [--data-path FILE.npy] [--num-samples K] [--gap-points N] [--output FILE.json]
 """
 import argparse
 import importlib
 import json
 import math
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from lvm_lightning.data import load_array
 from lvm_lightning.errors import UsageError
+from lvm_lightning.inference import LocalOptimizer, format_gaps, gap_summary
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import evaluation_estimators
@@ -69,8 +71,14 @@ def evaluate_checkpoint(
     chunk_size: Optional[int] = None,
     seed: int = 0,
     device: str = "cpu",
+    gap_points: int = 1000,
+    gap_optimizer: Optional[LocalOptimizer] = None,
 ) -> dict[str, Any]:
-    """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?}."""
+    """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?, 'gaps'?}.
+
+    'gaps' (when gap_points > 0): the amortization/approximation decomposition on the first
+    gap_points points, log p(x) importance-sampled from q* with num_samples (inference/gaps.py).
+    """
     path = Path(checkpoint_path)
     if not path.is_file():
         raise UsageError(f"checkpoint {checkpoint_path!r} not found: pass the path of a .ckpt file (runs/NAME/version_N/checkpoints/last.ckpt)")
@@ -79,7 +87,7 @@ def evaluate_checkpoint(
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         module = LVMModule.load_from_checkpoint(path, map_location=device)
-    except (RuntimeError, KeyError, TypeError, EOFError, OSError) as error:
+    except (RuntimeError, KeyError, TypeError, EOFError, OSError, pickle.UnpicklingError) as error:
         raise UsageError(f"{checkpoint_path!r} is not an lvm_lightning checkpoint ({type(error).__name__}): pass a .ckpt written by train.py") from None
     module.eval()
     model = module.model
@@ -97,6 +105,8 @@ def evaluate_checkpoint(
     x = x.to(device)
     torch.manual_seed(seed)
     report["estimates"] = estimate_log_px(model, x, num_samples, batch_size, chunk_size)
+    if gap_points > 0:
+        report["gaps"] = gap_summary(model, x[:gap_points], gap_optimizer or LocalOptimizer(), log_px_samples=num_samples, chunk_size=chunk_size)
     if datamodule is not None and hasattr(datamodule, "true_log_prob"):
         report["true_log_px"] = summarize(torch.cat([datamodule.true_log_prob(b) for b in x.split(batch_size)]))
     return report
@@ -125,13 +135,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="also write the report to this JSON file")
+    parser.add_argument("--gap-points", type=int, default=1000, help="points for the amortization-gap decomposition (0: skip it)")
+    parser.add_argument("--gap-steps", type=int, default=2000, help="step cap of the per-point optimization of q*")
+    parser.add_argument("--gap-samples", type=int, default=10, help="samples per point per step of that optimization")
+    parser.add_argument("--gap-lr", type=float, default=LocalOptimizer.lr, help="its Adam learning rate")
     args = parser.parse_args(argv)
     try:
-        report = evaluate_checkpoint(args.checkpoint, args.data_path, args.num_samples, args.batch_size, args.chunk_size, args.seed, args.device)
+        gap_optimizer = LocalOptimizer(num_samples=args.gap_samples, lr=args.gap_lr, max_steps=args.gap_steps)
+        report = evaluate_checkpoint(
+            args.checkpoint, args.data_path, args.num_samples, args.batch_size, args.chunk_size, args.seed, args.device, args.gap_points, gap_optimizer
+        )
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(format_table(report))
+    if "gaps" in report:
+        print(format_gaps(report["gaps"]))
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.output}")

@@ -7,8 +7,8 @@ with q* the per-point optimum of ``LocalOptimizer``, and the seconds each kind o
 """
 import math
 import time
-from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence, TypeVar
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Exact, ImportanceSampling, elbo
 
 T = TypeVar("T")
+# k for the refinement curve: roughly log-spaced, cut at the optimizer's step cap.
+REFINE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
+GAPS = ("elbo_amortized", "elbo_optimized", "log_px", "amortization_gap", "approximation_gap")
 
 
 @dataclass
@@ -33,6 +36,7 @@ class GapReport:
     optimized: LocalResult
     seconds_amortized: float
     seconds_optimized: float
+    log_px_method: str
 
     def per_point(self) -> dict[str, Tensor]:
         """Every per-point quantity [N], the two gaps included, by name."""
@@ -84,13 +88,21 @@ def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
     return out, time.perf_counter() - start
 
 
+def tractable(model: LatentVariableModel) -> bool:
+    """Whether log p(x) has an exact form here (categorical z, or the linear-Gaussian model)."""
+    try:
+        Exact().check(model)
+    except UsageError:
+        return False
+    return True
+
+
 @torch.no_grad()
 def log_marginal(model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: int, chunk_size: Optional[int] = None) -> Tensor:
-    """log p(x) [N]: exact where tractable (categorical z, linear-Gaussian), else log (1/K) Σ_k p(x, z_k)/q(z_k), z_k ~ q, chunked."""
-    try:
+    """log p(x) [N]: exact where ``tractable``, else log (1/K) Σ_k p(x, z_k)/q(z_k), z_k ~ q, chunked."""
+    if tractable(model):
         return Exact().estimate(model, x).log_px
-    except UsageError:
-        return ImportanceSampling(num_samples, chunk_size).estimate_with(model, x, q).log_px
+    return ImportanceSampling(num_samples, chunk_size).estimate_with(model, x, q).log_px
 
 
 def gap_decomposition(
@@ -125,4 +137,48 @@ def gap_decomposition(
             optimized=result,
             seconds_amortized=seconds_amortized,
             seconds_optimized=seconds_optimized,
+            log_px_method="exact" if tractable(model) else f"importance sampling from q*, K={log_px_samples}",
         )
+
+
+def gap_summary(
+    model: LatentVariableModel,
+    x: Tensor,
+    optimizer: LocalOptimizer,
+    elbo_samples: int = 100,
+    log_px_samples: int = 1000,
+    refine_steps: Sequence[int] = REFINE_STEPS,
+    chunk_size: Optional[int] = None,
+) -> dict[str, Any]:
+    """``gap_decomposition`` as JSON-ready numbers: means over points with standard errors, seconds per point, q*'s fit, and the refinement curve."""
+    ks = [k for k in refine_steps if k <= optimizer.max_steps]
+    report = gap_decomposition(model, x, optimizer, elbo_samples, log_px_samples, ks, chunk_size)
+    summary = summarize(report.sums())
+    out: dict[str, Any] = {name: summary[name] for name in GAPS}
+    out["stderr"] = {name: summary[f"{name}_stderr"] for name in GAPS}
+    out.update(
+        seconds_per_point_amortized=summary["seconds_per_point_amortized"],
+        seconds_per_point_optimized=summary["seconds_per_point_optimized"],
+        num_points=len(x),
+        mean_steps=summary["steps"],
+        converged_fraction=summary["converged"],
+        log_px_method=report.log_px_method,
+        elbo_samples=elbo_samples,
+        local_optimizer=asdict(optimizer),
+        refinement={
+            "k": ks,
+            "elbo": [summary[f"refined_elbo/k={k}"] for k in ks],
+            "stderr": [summary[f"refined_elbo/k={k}_stderr"] for k in ks],
+        },
+    )
+    return out
+
+
+def format_gaps(gaps: dict[str, Any]) -> str:
+    """The decomposition and the refinement curve as plain-text lines (nats per point)."""
+    lines = [f"gaps over {gaps['num_points']} points (log p(x): {gaps['log_px_method']}; q*: {gaps['mean_steps']:.0f} steps on average, {100 * gaps['converged_fraction']:.0f}% converged)"]
+    lines += [f"  {name:<18} {gaps[name]:>11.4f} ± {gaps['stderr'][name]:.4f}" for name in GAPS]
+    lines.append(f"  seconds per point: amortized {gaps['seconds_per_point_amortized']:.2e}, optimized {gaps['seconds_per_point_optimized']:.2e}")
+    curve = gaps["refinement"]
+    lines.append("  refined ELBO after k steps: " + ", ".join(f"k={k}: {e:.3f}" for k, e in zip(curve["k"], curve["elbo"])))
+    return "\n".join(lines)

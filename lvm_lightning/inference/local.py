@@ -83,7 +83,7 @@ class LocalOptimizer:
     num_samples: int = 10
     bound: Bound = "elbo"
     init: Init = "encoder"
-    lr: float = 1e-3
+    lr: float = 1e-2  # Cremer et al. used 1e-3; with the STL gradient 1e-2 gets to the same ELBO(q*) in ~10x fewer steps (README)
     max_steps: int = 2000
     check_every: int = 100
     patience: int = 10
@@ -125,7 +125,8 @@ class LocalOptimizer:
         """Optimizes every point's λ from ``initial_params``; ``record_at`` keeps a copy of λ after each listed step count."""
         if self.bound == "iwae" and model.discrete:
             raise UsageError("bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO")
-        with _unvalidated():
+        # Gradients reach λ only; enable_grad lets callers run this inside no_grad or validation code.
+        with _unvalidated(), torch.enable_grad():
             return self._fit(model, x, record_at)
 
     def _fit(self, model: LatentVariableModel, x: Tensor, record_at: Sequence[int]) -> LocalResult:
