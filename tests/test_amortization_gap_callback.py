@@ -76,3 +76,19 @@ def test_one_evaluation_leaves_weights_optimizer_and_rng_bit_identical(tmp_path)
     for key, state in moments.items():
         for name, value in state.items():
             assert torch.equal(after[key][name], value), (key, name)
+
+
+def test_evaluate_reports_the_decomposition_and_refinement_curve(tmp_path):
+    from lvm_lightning.evaluate import evaluate_checkpoint
+    from lvm_lightning.inference import LocalOptimizer
+
+    trainer, _ = fit(tmp_path, [], "evaluated")
+    checkpoint = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    report = evaluate_checkpoint(str(checkpoint), num_samples=64, gap_points=16, gap_optimizer=LocalOptimizer(max_steps=60))
+    gaps = report["gaps"]
+    torch.testing.assert_close(gaps["amortization_gap"], gaps["elbo_optimized"] - gaps["elbo_amortized"])
+    torch.testing.assert_close(gaps["approximation_gap"], gaps["log_px"] - gaps["elbo_optimized"])
+    assert gaps["num_points"] == 16 and gaps["log_px_method"] == "importance sampling from q*, K=64"
+    assert gaps["refinement"]["k"] == [0, 1, 2, 5, 10, 20, 50] and len(gaps["refinement"]["elbo"]) == 7
+    assert gaps["seconds_per_point_optimized"] > gaps["seconds_per_point_amortized"] > 0
