@@ -243,10 +243,14 @@ def tiny_module(**kwargs) -> LVMModule:
     return LVMModule(**{**args, **kwargs})
 
 
-def test_bernoulli_likelihood_on_grey_levels_is_refused(flat: Path, tmp_path: Path) -> None:
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+def test_grey_levels_take_a_continuous_likelihood_and_refuse_bernoulli(flat: Path, tmp_path: Path) -> None:
+    def fit(likelihood: str) -> None:
+        trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+        trainer.fit(tiny_module(likelihood=likelihood), datamodule=fashion(flat, binarization="none", batch_size=10))
+
     with pytest.raises(UsageError, match="continuous_bernoulli"):
-        trainer.fit(tiny_module(), datamodule=fashion(flat, binarization="none"))
+        fit("bernoulli")
+    fit("continuous_bernoulli")
 
 
 def test_callbacks_write_grids_scatter_and_active_units_to_tensorboard(flat: Path, tmp_path: Path) -> None:
