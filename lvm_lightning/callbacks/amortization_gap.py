@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import LocalOptimizer, gap_decomposition, summarize
-from lvm_lightning.inference.local import Bound, Gradient, Init, Stopping
+from lvm_lightning.inference.local import Bound, Gradient, Init, Precision, Stopping
 
 
 @contextmanager
@@ -46,6 +46,7 @@ class AmortizationGap(pl.Callback):
         init: Init = "encoder",
         stopping: Stopping = "point",
         gradient: Gradient = "stl",
+        precision: Precision = "32",
         check_every: int = 50,
         patience: int = 5,
         elbo_samples: int = 100,
@@ -59,7 +60,7 @@ class AmortizationGap(pl.Callback):
         self.every_n_epochs, self.num_points, self.split, self.seed = every_n_epochs, num_points, split, seed
         self.elbo_samples, self.log_px_samples, self.chunk_size = elbo_samples, log_px_samples, chunk_size
         self.refine_steps = [k for k in refine_steps if k <= max_steps]
-        self.optimizer = LocalOptimizer(num_samples, bound, init, lr, max_steps, check_every, patience, stopping, gradient)
+        self.optimizer = LocalOptimizer(num_samples, bound, init, lr, max_steps, check_every, patience, stopping, gradient, precision)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.every_n_epochs > 0 and self.num_points < trainer.world_size:
