@@ -18,7 +18,15 @@ from lvm_lightning.objectives import (
     wake_objective,
 )
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Oracle comparisons to 1e-9 need double precision; restored afterwards so other tests keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def mixture_model(num_components: int = 6, dim: int = 2):
