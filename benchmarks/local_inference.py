@@ -1,6 +1,6 @@
 """Per-point variational inference: LocalOptimizer (all points as one tensor) against hand-written loops.
 
-    flock /tmp/lvm_bench.lock python benchmarks/local_inference.py [--checkpoint CKPT] [--points 1000] [--steps 500]
+    flock /tmp/lvm_bench.lock .venv/bin/python benchmarks/local_inference.py [--checkpoint CKPT] [--points 1000] [--steps 500]
 
 Ways to take the same number of Adam steps on the same per-point ELBOs (K samples a step):
 - ``local``: lvm_lightning.inference.LocalOptimizer, all points at once, θ frozen;
@@ -18,14 +18,17 @@ seconds and its ELBO(q*) (1000 samples) minus the reference's, paired over point
 """
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from lvm_lightning.inference import LocalOptimizer
 from lvm_lightning.models import build_model
 from lvm_lightning.models.lvm import LatentVariableModel
