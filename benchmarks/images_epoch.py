@@ -1,6 +1,6 @@
 """Seconds per training epoch on Fashion-MNIST: our Lightning path against a plain PyTorch loop of the same model, in one process.
 
-    flock /tmp/lvm_bench.lock .venv/bin/python benchmarks/images_epoch.py [--steps 100] [--ks 1 50]
+    flock /tmp/lvm_bench.lock .venv/bin/python benchmarks/images_epoch.py [--steps 300] [--ks 1 50]
 
 Both train the model of configs/fashion_mnist_iwae.yaml (IWAE paper's MLP) on the same tensor on the
 same device with the same batch size, dynamic binarization on the device, Adam. Each times ``steps``
@@ -101,9 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist", help="Fashion-MNIST folder (flat .gz files or torchvision's layout)")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 50], help="numbers of importance samples K")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per run")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps before them")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each path; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each path; the fastest counts")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads for torch (default: torch's own choice)")

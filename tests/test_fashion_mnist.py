@@ -45,6 +45,6 @@ def test_readme_command_trains_and_evaluates(tmp_path: Path, monkeypatch: pytest
     assert train.returncode == 0, train.stderr[-3000:]
     assert list((tmp_path / "cache" / "lvm_lightning").glob("*/FashionMNIST/raw/train-images-idx3-ubyte"))
     checkpoint = tmp_path / "runs" / "fashion_mnist_iwae" / "version_0" / "checkpoints" / "last.ckpt"
-    evaluate = run_tool(["-m", "lvm_lightning.evaluate", str(checkpoint), "--num-samples", "2"], cwd=tmp_path)
+    evaluate = run_tool(["-m", "lvm_lightning.evaluate", str(checkpoint), "--num-samples", "2", "--gap-points", "0"], cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert "importance_sampling" in evaluate.stdout and "10000" in evaluate.stdout

@@ -163,6 +163,7 @@ def test_cli_reports_missing_data_as_error_and_exit_code_2(tmp_path: Path, monke
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Fashion-MNIST not found in 'missing'" in errors[0]
+    assert not (tmp_path / "runs").exists()  # stopped before a run folder was made
 
 
 def test_splits_move_to_the_trainers_device_and_batches_are_drawn_there(flat: Path) -> None:

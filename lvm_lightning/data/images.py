@@ -36,6 +36,11 @@ def binarize(grey: Tensor, mode: Binarization, seed: int) -> Tensor:
     return torch.bernoulli(grey, generator=torch.Generator().manual_seed(seed))
 
 
+def grey_levels(images: Tensor) -> Tensor:
+    """uint8 images [N, H, W] as rows [N, H·W] in [0, 1]."""
+    return images.reshape(len(images), -1).float() / 255
+
+
 def default_cache_dir() -> Path:
     """$XDG_CACHE_HOME/lvm_lightning, or ~/.cache/lvm_lightning."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lvm_lightning"
@@ -100,6 +105,11 @@ class ImageData(InMemoryDataModule):
         if num_val < 1:
             raise UsageError(f"num_val must be >= 1, got {num_val}")
         self.save_hyperparameters()
+        # Read (or downloaded) now, as NumpyData reads its file: missing data stop train.py before it makes a run folder.
+        self.files = {"train": self._read(train=True), "test": self._read(train=False)}
+        num_images = len(self.files["train"][0])
+        if num_val >= num_images:
+            raise UsageError(f"num_val={num_val} leaves no training images out of {num_images}: lower --data.num_val")
         self.labels: dict[str, Tensor] = {}
 
     @property
@@ -127,7 +137,7 @@ class ImageData(InMemoryDataModule):
         return unpacked
 
     def _read(self, train: bool) -> tuple[Tensor, Tensor]:
-        """(grey levels [N, 784] in [0, 1], labels [N]) of the training or the test file."""
+        """(images [N, 28, 28] as uint8, labels [N]) of the training or the test file."""
         root = self._torchvision_root()
         try:
             dataset = self.dataset_class(str(root), train=train, download=self.hparams.download)
@@ -142,21 +152,21 @@ class ImageData(InMemoryDataModule):
         images = dataset.data
         if tuple(images.shape[1:]) != self.image_shape[1:]:
             raise UsageError(f"{self.title} images in {str(root)!r} are {tuple(images.shape[1:])}, expected {self.image_shape[1:]}")
-        return images.reshape(len(images), -1).float() / 255, dataset.targets
+        return images, dataset.targets
 
     def load_splits(self) -> dict[str, Tensor]:
         hp = self.hparams
-        grey, labels = self._read(train=True)
-        if hp.num_val >= len(grey):
-            raise UsageError(f"num_val={hp.num_val} leaves no training images out of {len(grey)}: lower --data.num_val")
+        images, labels = self.files["train"]
+        grey = grey_levels(images)
         # Dynamic runs keep fixed validation and test draws, the same bits a static run with this seed scores on.
         fixed_mode = "static" if hp.binarization == "dynamic" else hp.binarization
         fixed = binarize(grey, fixed_mode, hp.seed)
         train = grey if hp.binarization == "dynamic" else fixed
         num_train = len(grey) - hp.num_val
-        test, test_labels = self._read(train=False)
+        test_images, test_labels = self.files["test"]
+        test = binarize(grey_levels(test_images), fixed_mode, TEST_SEED)
         self.labels = {"train": labels[:num_train], "val": labels[num_train:], "test": test_labels}
-        return {"train": train[:num_train], "val": fixed[num_train:], "test": binarize(test, fixed_mode, TEST_SEED)}
+        return {"train": train[:num_train], "val": fixed[num_train:], "test": test}
 
 
 class MNISTData(ImageData):
