@@ -291,10 +291,12 @@ def test_callbacks_are_harmless_on_non_image_data(tmp_path: Path) -> None:
     assert events.Tags()["images"] == [] and "val/active_units" not in events.Tags()["scalars"]
 
 
-def test_fashion_config_trains_through_the_cli_on_a_flat_folder(flat: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("config", ["mnist_vae", "mnist_iwae", "fashion_mnist_vae", "fashion_mnist_iwae"])
+def test_image_configs_train_through_the_cli_on_a_flat_folder(config: str, flat: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     overrides = ["--data.root", str(flat), "--data.cache_dir", str(tmp_path / "cache"), "--data.num_val", str(NUM_VAL), "--data.batch_size", "10"]
-    quick = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--model.num_samples", "3", "--model.eval_num_samples", "3"]
-    main(["fit", "--config", str(CONFIGS / "fashion_mnist_iwae.yaml"), *overrides, *quick])
-    (checkpoint,) = (tmp_path / "runs" / "fashion_mnist_iwae").glob("version_0/checkpoints/last.ckpt")
-    assert tuple(LVMModule.load_from_checkpoint(checkpoint).hparams.image_shape) == (1, 28, 28)
+    quick = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--model.eval_num_samples", "3"]
+    main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), *overrides, *quick])
+    (checkpoint,) = (tmp_path / "runs" / config).glob("version_0/checkpoints/last.ckpt")
+    hparams = LVMModule.load_from_checkpoint(checkpoint).hparams
+    assert tuple(hparams.image_shape) == (1, 28, 28) and hparams.num_samples == (50 if config.endswith("iwae") else 1)
