@@ -19,3 +19,12 @@ def run_tool(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Com
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: the models are tiny, so a second thread only adds synchronization."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,12 +10,7 @@ from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.module import LVMModule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(tmp_path, callbacks: list, name: str) -> tuple[pl.Trainer, LVMModule]:

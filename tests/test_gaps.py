@@ -12,13 +12,7 @@ from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import ELBO, Exact, amortized_elbo
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: a second thread only adds synchronization, and the machine is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SIGMA = 0.5

@@ -1,7 +1,7 @@
 """Callbacks: the true density beside the model's, and pictures."""
 from lvm_lightning.callbacks.amortization_gap import AmortizationGap
-from lvm_lightning.callbacks.density_plot import DensityPlot, model_log_density
+from lvm_lightning.callbacks.density_plot import DensityPlot
 from lvm_lightning.callbacks.images import ActiveUnits, ImageGrids, LatentScatter, active_units
 from lvm_lightning.callbacks.true_density import TrueLogDensity
 
-__all__ = ["ActiveUnits", "AmortizationGap", "DensityPlot", "ImageGrids", "LatentScatter", "TrueLogDensity", "active_units", "model_log_density"]
+__all__ = ["ActiveUnits", "AmortizationGap", "DensityPlot", "ImageGrids", "LatentScatter", "TrueLogDensity", "active_units"]

@@ -5,21 +5,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
-from torch import Tensor  # noqa: E402
 
-from lvm_lightning.errors import UsageError  # noqa: E402
-from lvm_lightning.models.lvm import LatentVariableModel  # noqa: E402
-from lvm_lightning.objectives import Exact, ImportanceSampling  # noqa: E402
-
-
-def model_log_density(model: LatentVariableModel, x: Tensor, num_samples: int = 64) -> Tensor:
-    """log p_θ(x): exact where tractable, else importance-sampled with K = num_samples."""
-    try:
-        Exact().check(model)
-        return Exact().estimate(model, x).log_px
-    except UsageError:
-        return ImportanceSampling(num_samples).estimate(model, x).log_px
+from lvm_lightning.callbacks.due import picture_due  # noqa: E402
+from lvm_lightning.inference import log_marginal  # noqa: E402
 
 
 class DensityPlot(pl.Callback):
@@ -31,14 +19,7 @@ class DensityPlot(pl.Callback):
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if (
-            self.every_n_epochs <= 0
-            or trainer.sanity_checking
-            or trainer.current_epoch % self.every_n_epochs != 0
-            or getattr(datamodule, "data_dim", None) != 2
-            or not isinstance(trainer.logger, TensorBoardLogger)
-            or not trainer.is_global_zero
-        ):
+        if getattr(datamodule, "data_dim", None) != 2 or not picture_due(trainer, self.every_n_epochs):
             return
         points = datamodule.splits["val"][: self.max_points].cpu()
         lo, hi = points.min(0).values, points.max(0).values
@@ -46,7 +27,10 @@ class DensityPlot(pl.Callback):
         axes_values = [torch.linspace(float(lo[i] - margin[i]), float(hi[i] + margin[i]), self.grid_size) for i in range(2)]
         gx, gy = torch.meshgrid(*axes_values, indexing="xy")
         grid = torch.stack([gx.flatten(), gy.flatten()], dim=1)
-        panels = {"model": model_log_density(pl_module.model, grid.to(pl_module.device)).cpu()}
+        grid_on_device = grid.to(pl_module.device)
+        model = pl_module.model
+        # Exact where tractable, else importance-sampled from the amortized q with K = 64.
+        panels = {"model": log_marginal(model, grid_on_device, model.posterior(grid_on_device), 64).cpu()}
         if hasattr(datamodule, "true_log_prob"):
             panels["true"] = datamodule.true_log_prob(grid)
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)

@@ -12,22 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from lvm_lightning.callbacks.due import picture_due  # noqa: E402
 from lvm_lightning.models.lvm import LatentVariableModel  # noqa: E402
-
-
-def _due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
-    """Whether an epoch-end picture is due: on, every_n_epochs-th epoch, TensorBoard, rank 0, not the sanity check."""
-    return (
-        every_n_epochs > 0
-        and not trainer.sanity_checking
-        and trainer.current_epoch % every_n_epochs == 0
-        and isinstance(trainer.logger, TensorBoardLogger)
-        and trainer.is_global_zero
-    )
 
 
 @contextmanager
@@ -76,7 +65,7 @@ class ImageGrids(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         image_shape = getattr(trainer.datamodule, "image_shape", None)
-        if image_shape is None or not _due(trainer, self.every_n_epochs):
+        if image_shape is None or not picture_due(trainer, self.every_n_epochs):
             return
         model = pl_module.model
         x = trainer.datamodule.splits["val"][: self.num_images].to(pl_module.device)
@@ -98,7 +87,7 @@ class LatentScatter(pl.Callback):
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         labels = getattr(trainer.datamodule, "labels", {}).get("test")
-        if labels is None or not _due(trainer, self.every_n_epochs):
+        if labels is None or not picture_due(trainer, self.every_n_epochs):
             return
         x = trainer.datamodule.splits["test"][: self.max_points].to(pl_module.device)
         means = _encoder_means(pl_module.model, x, trainer.datamodule.eval_batch_size)

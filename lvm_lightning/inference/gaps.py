@@ -14,10 +14,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from lvm_lightning.errors import UsageError
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import Exact, ImportanceSampling, elbo
+from lvm_lightning.objectives import Exact, ImportanceSampling, elbo, tractable
 
 T = TypeVar("T")
 # k for the refinement curve: roughly log-spaced, cut at the optimizer's step cap.
@@ -86,15 +85,6 @@ def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
     out = fn()
     synchronize()
     return out, time.perf_counter() - start
-
-
-def tractable(model: LatentVariableModel) -> bool:
-    """Whether log p(x) has an exact form here (categorical z, or the linear-Gaussian model)."""
-    try:
-        Exact().check(model)
-    except UsageError:
-        return False
-    return True
 
 
 @torch.no_grad()

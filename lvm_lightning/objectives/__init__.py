@@ -10,6 +10,7 @@ from lvm_lightning.objectives.estimators import (
     evaluation_estimators,
     importance_log_weights,
     make_estimator,
+    tractable,
 )
 from lvm_lightning.objectives.encoder import amortized_elbo, elbo, encoder_objective, resolve_encoder_objective, wake_objective
 
@@ -28,5 +29,6 @@ __all__ = [
     "importance_log_weights",
     "make_estimator",
     "resolve_encoder_objective",
+    "tractable",
     "wake_objective",
 ]

@@ -97,6 +97,15 @@ class Exact(Estimator):
         return Estimate(log_weights.logsumexp(0), log_weights)
 
 
+def tractable(model: LatentVariableModel) -> bool:
+    """Whether log p(x) has an exact form here (categorical z, or the linear-Gaussian model)."""
+    try:
+        Exact().check(model)
+    except UsageError:
+        return False
+    return True
+
+
 class PriorSampling(Estimator):
     """log (1/K) Σ_k p_θ(x|z_k), z_k ~ p(z)."""
 
