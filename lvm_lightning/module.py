@@ -5,6 +5,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models import build_model
 from lvm_lightning.models.build import Latent, Network
@@ -96,6 +97,7 @@ class LVMModule(pl.LightningModule):
         self._evaluate(x, "test", batch_idx)
 
     def setup(self, stage: str) -> None:
+        destroy_process_group_at_exit()  # under DDP on gloo; a no-op otherwise
         # Checked here, where model and data meet: torch would otherwise fail deep inside Bernoulli.log_prob.
         if self.hparams.likelihood == "bernoulli" and getattr(self.trainer.datamodule, "binary", True) is False:
             raise UsageError(

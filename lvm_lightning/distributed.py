@@ -1,0 +1,20 @@
+"""Process-group clean-up for DDP on CPU (gloo)."""
+import atexit
+
+import torch
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def destroy_process_group_at_exit() -> None:
+    """At exit, destroys torch.distributed's default process group if one is open (registered once per process).
+
+    Lightning does this for NCCL only. A gloo group left to interpreter shutdown sometimes aborts the
+    process after a finished run ("terminate called without an active exception", SIGABRT), which
+    turns a successful ``train.py`` or ``ddp_spawn`` worker into a crash.
+    """
+    atexit.unregister(_destroy_process_group)
+    atexit.register(_destroy_process_group)
