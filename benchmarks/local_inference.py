@@ -1,11 +1,12 @@
 """Per-point variational inference: LocalOptimizer (all points as one tensor) against hand-written loops.
 
-    flock /tmp/lvm_bench.lock .venv/bin/python benchmarks/local_inference.py [--checkpoint CKPT] [--points 1000] [--steps 500]
+    flock /tmp/lvm_bench.lock .venv/bin/python benchmarks/local_inference.py [--checkpoint CKPT] [--points 1000] [--steps 500] [--device cuda]
 
 Ways to take the same number of Adam steps on the same per-point ELBOs (K samples a step):
 - ``local``: lvm_lightning.inference.LocalOptimizer, all points at once, θ frozen;
 - ``local_bf16``: the same with its matrix products autocast to bfloat16 (``precision="bf16"``);
-- ``plain``: a plain batched PyTorch loop (λ an nn.Parameter, torch.optim.Adam, loss.backward());
+- ``plain``: a plain batched PyTorch loop (λ an nn.Parameter, torch.optim.Adam, loss.backward(), θ frozen
+  by requires_grad_(False) as a careful user would);
 - ``serial``: the plain loop run one point at a time, as Cremer et al.'s code does; it is timed on
   ``--serial-points`` points and extrapolated to ``--points`` (it is linear in the number of points).
 GFLOP/s count every floating-point operation of the matrix products (torch's FlopCounterMode) over
@@ -35,18 +36,19 @@ from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import elbo
 
 
-def matmul_gflops(size: int = 4096, repeats: int = 5) -> float:
-    """GFLOP/s of a size × size float32 matrix product: the machine's practical peak."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of a size × size float32 matrix product: the device's practical peak."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    return 2 * size**3 * repeats / timed(lambda: [a @ b for _ in range(repeats)], device, warmup=lambda: a @ b) / 1e9
 
 
 def plain_steps(model: LatentVariableModel, x: Tensor, steps: int, num_samples: int, lr: float) -> Tensor:
-    """The straightforward batched loop: reparameterized ELBO, loss.backward() (θ's gradients computed and unused), Adam on λ."""
+    """The straightforward batched loop: reparameterized ELBO, loss.backward(), Adam on λ (the caller freezes θ)."""
     params = nn.Parameter(model.encoder.net(x).detach())
     optimizer = torch.optim.Adam([params], lr=lr)
     for _ in range(steps):
@@ -64,9 +66,13 @@ def serial_steps(model: LatentVariableModel, x: Tensor, steps: int, num_samples:
     return torch.cat([plain_steps(model, point[None], steps, num_samples, lr) for point in x])
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], device: torch.device, warmup: Callable[[], object] = lambda: None) -> float:
+    """Seconds of one call of ``fn`` after ``warmup``, waiting for queued GPU work at both ends."""
+    warmup()
+    synchronize(device)
     start = time.perf_counter()
     fn()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -82,9 +88,9 @@ def plateau(model: LatentVariableModel, x: Tensor, reference: LocalOptimizer) ->
     variants = {"batch": reference, "point": replace(reference, stopping="point"), "point_bf16": replace(reference, stopping="point", precision="bf16")}
     out, bounds = {}, {}
     for name, optimizer in variants.items():
-        start = time.perf_counter()
-        result = optimizer.fit(model, x)
-        spent = time.perf_counter() - start
+        results = []
+        spent = timed(lambda: results.append(optimizer.fit(model, x)), x.device)
+        (result,) = results
         with torch.no_grad():
             bounds[name] = elbo(model, x, optimizer.posterior(model, result.params), 1000)
         difference = bounds[name] - bounds["batch"]
@@ -117,18 +123,22 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10, help="K, samples per point per step")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--serial-points", type=int, default=20, help="points timed one at a time, then extrapolated")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
     parser.add_argument("--plateau", action="store_true", help="also run per-point and whole-batch plateau stopping to convergence")
     parser.add_argument("--max-steps", type=int, default=5000, help="step cap of the --plateau runs")
     parser.add_argument("--output", help="write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     if args.checkpoint:
         model, x = load(args.checkpoint, args.points)
     else:
         model = build_model(784, "gaussian", 50, encoder_hidden=(200, 200), decoder_hidden=(200, 200), activation="tanh", likelihood="bernoulli").eval()
         x = torch.bernoulli(torch.full((args.points, 784), 0.3))
+    # θ frozen for every method: the hand-written loops then skip θ's gradients, as LocalOptimizer does.
+    model, x = model.to(device).requires_grad_(False), x.to(device)
     n, k, steps = len(x), args.samples, args.steps
     fixed = LocalOptimizer(num_samples=k, lr=args.lr, max_steps=steps, check_every=steps)  # one check, at the end: no early stop
     # One step's gradient through .backward() (FlopCounterMode's module hooks reject autograd.grad); θ is frozen, as in fit.
@@ -136,17 +146,18 @@ def main() -> None:
         "local": step_flops(lambda: fixed.objective(model, x, fixed.initial_params(model, x).requires_grad_()).sum().backward()),
         "plain": step_flops(lambda: plain_steps(model, x, 1, k, args.lr)),
     }
-    peak = matmul_gflops()
+    peak = matmul_gflops(device)
     seconds = {
-        "local": timed(lambda: fixed.fit(model, x)),
-        "local_bf16": timed(lambda: replace(fixed, precision="bf16").fit(model, x)),
-        "plain": timed(lambda: plain_steps(model, x, steps, k, args.lr)),
-        "serial": timed(lambda: serial_steps(model, x[: args.serial_points], steps, k, args.lr)) * n / args.serial_points,
+        "local": timed(lambda: fixed.fit(model, x), device),
+        "local_bf16": timed(lambda: replace(fixed, precision="bf16").fit(model, x), device),
+        "plain": timed(lambda: plain_steps(model, x, steps, k, args.lr), device),
+        "serial": timed(lambda: serial_steps(model, x[: args.serial_points], steps, k, args.lr), device) * n / args.serial_points,
     }
     report = {
         "points": n,
         "steps": steps,
         "samples": k,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": args.threads,
         "model": args.checkpoint or "untrained 784-200-200-50 VAE, random bits",
         "matmul_gflops": peak,

@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, TrueLogDensity
-from lvm_lightning.data import GaussianMixtureData
+from lvm_lightning.data import GaussianMixtureData, InMemoryDataModule
 from lvm_lightning.errors import find_usage_error
 from lvm_lightning.module import LVMModule
 
@@ -47,6 +47,10 @@ class LVMCLI(LightningCLI):
             print(template.format(log_dir=log_dir), flush=True)
 
     def before_fit(self) -> None:
+        if isinstance(self.datamodule, InMemoryDataModule):
+            # Loads the splits on the CPU (fit moves them to the device later): bad data stop the run before its folder is made.
+            self.datamodule.setup("fit")
+            self.model.check_data(self.datamodule)
         self._say("run folder (TensorBoard logs and checkpoints): {log_dir}")
 
     def after_fit(self) -> None:

@@ -9,7 +9,7 @@ import math
 import pickle
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_args
 
 import torch
 from torch import Tensor
@@ -17,15 +17,17 @@ from torch import Tensor
 from lvm_lightning.data import load_array
 from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import LocalOptimizer, format_gaps, gap_summary
+from lvm_lightning.inference.local import Bound, Gradient, Init, Stopping
+from lvm_lightning.models.families import check_support
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import evaluation_estimators
 
 
-def summarize(values: Tensor) -> dict[str, float]:
+def summarize(values: Tensor) -> dict[str, Any]:
     """Mean and standard error (std / √N) over points."""
     n = values.numel()
-    stderr = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
+    stderr = values.std().item() / math.sqrt(n) if n > 1 else None  # JSON null: undefined for one point
     return {"mean": values.mean().item(), "stderr": stderr, "num_points": n}
 
 
@@ -47,6 +49,16 @@ def estimate_log_px(
             entry["ess_fraction"] = torch.cat(ess).mean().item()
         results[estimator.name] = entry
     return results
+
+
+def check_device(device: str) -> None:
+    """Raises UsageError unless torch can compute on ``device`` here."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}: pass --device cpu or cuda (cuda:N for the N-th GPU)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} but torch sees no CUDA GPU here: pass --device cpu")
 
 
 def _datamodule(checkpoint: dict[str, Any]) -> Any:
@@ -82,8 +94,9 @@ def evaluate_checkpoint(
     path = Path(checkpoint_path)
     if not path.is_file():
         raise UsageError(f"checkpoint {checkpoint_path!r} not found: pass the path of a .ckpt file (runs/NAME/version_N/checkpoints/last.ckpt)")
-    if num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
+    if min(num_samples, batch_size, chunk_size or 1) < 1:
+        raise UsageError(f"--num-samples, --batch-size and --chunk-size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
+    check_device(device)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         module = LVMModule.load_from_checkpoint(path, map_location=device)
@@ -102,6 +115,7 @@ def evaluate_checkpoint(
         report["data"] = {"class": checkpoint["datamodule_class"], "split": "test"}
     if x.shape[1] != module.hparams.data_dim:
         raise UsageError(f"the data have {x.shape[1]} columns but the model was trained on {module.hparams.data_dim}")
+    check_support(module.hparams.likelihood, x, "the data")
     x = x.to(device)
     torch.manual_seed(seed)
     report["estimates"] = estimate_log_px(model, x, num_samples, batch_size, chunk_size)
@@ -119,7 +133,8 @@ def format_table(report: dict[str, Any]) -> str:
     if "true_log_px" in report:
         entries["true density"] = {**report["true_log_px"], "num_samples": "-"}
     for name, e in entries.items():
-        rows.append((name, f"{e['mean']:.4f}", f"{e['stderr']:.4f}", str(e["num_samples"]), str(e["num_points"])))
+        stderr = "-" if e["stderr"] is None else f"{e['stderr']:.4f}"
+        rows.append((name, f"{e['mean']:.4f}", stderr, str(e["num_samples"]), str(e["num_points"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
 
@@ -135,14 +150,25 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="also write the report to this JSON file")
-    # Cheap defaults (seconds on CPU); Cremer et al.'s setting is --gap-points 1000 --gap-steps 5000 --num-samples 5000.
-    parser.add_argument("--gap-points", type=int, default=100, help="points for the amortization-gap decomposition (0: skip it)")
-    parser.add_argument("--gap-steps", type=int, default=500, help="step cap of the per-point optimization of q*")
-    parser.add_argument("--gap-samples", type=int, default=10, help="samples per point per step of that optimization")
-    parser.add_argument("--gap-lr", type=float, default=LocalOptimizer.lr, help="its Adam learning rate")
+    # Cheap defaults (seconds on CPU), as the AmortizationGap callback's. Cremer et al.'s setting:
+    # --gap-points 1000 --gap-steps 5000 --gap-check-every 100 --gap-patience 10 --num-samples 5000.
+    gap = parser.add_argument_group("amortization gap (q* optimized per point, see lvm_lightning.inference.LocalOptimizer)")
+    gap.add_argument("--gap-points", type=int, default=100, help="points for the decomposition, the first of the data (0: skip it)")
+    gap.add_argument("--gap-steps", type=int, default=500, help="step cap of the per-point optimization of q*")
+    gap.add_argument("--gap-samples", type=int, default=10, help="samples per point per step of that optimization")
+    gap.add_argument("--gap-lr", type=float, default=None, help="its Adam learning rate (default 0.1 for a categorical q, 0.01 for a Gaussian q)")
+    gap.add_argument("--gap-check-every", type=int, default=50, help="steps between checks of the plateau rule")
+    gap.add_argument("--gap-patience", type=int, default=5, help="checks without improvement before a point stops")
+    gap.add_argument("--gap-stopping", choices=get_args(Stopping), default="point", help="stop each point on its own plateau, or the whole batch on the mean's")
+    gap.add_argument("--gap-init", choices=get_args(Init), default="encoder", help="start q* from the encoder's output or from the prior")
+    gap.add_argument("--gap-bound", choices=get_args(Bound), default="elbo", help="maximize the ELBO or the K-sample IWAE bound (needs --gap-gradient reparam)")
+    gap.add_argument("--gap-gradient", choices=get_args(Gradient), default="stl", help="sticking-the-landing or plain reparameterized gradient")
     args = parser.parse_args(argv)
     try:
-        gap_optimizer = LocalOptimizer(num_samples=args.gap_samples, lr=args.gap_lr, max_steps=args.gap_steps)
+        gap_optimizer = LocalOptimizer(
+            num_samples=args.gap_samples, bound=args.gap_bound, init=args.gap_init, lr=args.gap_lr, max_steps=args.gap_steps,
+            check_every=args.gap_check_every, patience=args.gap_patience, stopping=args.gap_stopping, gradient=args.gap_gradient,
+        )  # fmt: skip
         report = evaluate_checkpoint(
             args.checkpoint, args.data_path, args.num_samples, args.batch_size, args.chunk_size, args.seed, args.device, args.gap_points, gap_optimizer
         )

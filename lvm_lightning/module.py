@@ -1,17 +1,19 @@
 """The LightningModule: trains θ and φ with one estimator, and reports every estimator side by side."""
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, get_args
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
 
 from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models import build_model
 from lvm_lightning.models.build import Latent, Network
-from lvm_lightning.models.families import GaussianStd
+from lvm_lightning.models.families import GaussianStd, check_support
 from lvm_lightning.objectives import encoder_objective, evaluation_estimators, make_estimator, resolve_encoder_objective
 from lvm_lightning.objectives.encoder import EncoderObjective
+from lvm_lightning.rng import seeded_fork
 from lvm_lightning.schedules import LRSchedule, burda_lr_factor
 
 
@@ -38,16 +40,21 @@ class LVMModule(pl.LightningModule):
         objective: str = "exact",
         encoder_objective: Optional[EncoderObjective] = None,
         num_samples: int = 1,
-        eval_num_samples: int = 100,
+        eval_num_samples: int = 10,
         chunk_size: Optional[int] = None,
         lr: float = 1e-2,
         lr_schedule: LRSchedule = "constant",
+        adam_eps: float = 1e-8,
         network: Network = "mlp",
         image_shape: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
-        if lr_schedule not in ("constant", "burda"):
-            raise UsageError(f"unknown lr_schedule {lr_schedule!r}: choose 'constant' or 'burda'")
+        if not lr >= 0:
+            raise UsageError(f"lr must be >= 0, got {lr}: pass e.g. --model.lr 0.001")
+        if lr_schedule not in get_args(LRSchedule):
+            raise UsageError(f"unknown lr_schedule {lr_schedule!r}: choose one of {', '.join(get_args(LRSchedule))}")
+        if not adam_eps > 0:
+            raise UsageError(f"adam_eps must be positive, got {adam_eps}")
         self.save_hyperparameters()
         self.model = build_model(
             data_dim, latent, latent_dim, learn_prior, encoder_hidden, decoder_hidden, activation, likelihood, decoder_std, network, image_shape
@@ -67,15 +74,11 @@ class LVMModule(pl.LightningModule):
         self.log(f"train/log_px/{self.objective.name}", estimate.log_px.mean(), batch_size=len(x))
         return loss
 
-    def _rng_devices(self) -> list[torch.device]:
-        return [self.device] if self.device.type == "cuda" else []
-
     @torch.no_grad()
     def _evaluate(self, x: Tensor, stage: str, batch_idx: int) -> None:
         # Own seeded stream: the training stream is the same whether or how often we validate, and every
         # epoch's estimates use the same random numbers, so their curves show the model's change, not noise.
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(batch_idx)
+        with seeded_fork(self.device, batch_idx):
             self._log_estimates(x, stage)
 
     def _log_estimates(self, x: Tensor, stage: str) -> None:
@@ -96,21 +99,32 @@ class LVMModule(pl.LightningModule):
     def test_step(self, x: Tensor, batch_idx: int) -> None:
         self._evaluate(x, "test", batch_idx)
 
+    def check_data(self, datamodule: Any) -> None:
+        """Raises UsageError unless the data's values lie in the likelihood's support (splits held as tensors only).
+
+        A split with a per-batch transform (dynamic binarization) is skipped: its batches, not its stored values, meet the model.
+        """
+        splits = getattr(datamodule, "splits", {})
+        for name, data in splits.items():
+            if datamodule.transform(name) is None:
+                check_support(self.hparams.likelihood, data, f"the {name} split")
+
     def setup(self, stage: str) -> None:
         destroy_process_group_at_exit()  # under DDP on gloo; a no-op otherwise
-        # Checked here, where model and data meet: torch would otherwise fail deep inside Bernoulli.log_prob.
-        if self.hparams.likelihood == "bernoulli" and getattr(self.trainer.datamodule, "binary", True) is False:
-            raise UsageError(
-                "likelihood 'bernoulli' needs binary data but the data are grey levels (binarization 'none'): "
-                "pass --model.likelihood continuous_bernoulli (or gaussian), or binarize with --data.binarization dynamic"
-            )
+        # Checked where model and data meet: distributions do not check their arguments (models/families.py).
+        if self.trainer.datamodule is not None:
+            self.check_data(self.trainer.datamodule)
 
     def configure_optimizers(self) -> Union[torch.optim.Optimizer, dict[str, Any]]:
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
         if self.hparams.lr_schedule == "constant":
             return optimizer
+        if self.hparams.lr_schedule == "cosine":
+            # lr·½(1 + cos(π t/T)) at step t of the run's T steps: ends at 0 whatever max_epochs is.
+            total = self.trainer.estimated_stepping_batches
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}}
         # Burda et al. (2016): 3^i epochs at lr·10^(−i/7), i = 0..7; LambdaLR steps once per epoch.
-        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, burda_lr_factor)}
+        return {"optimizer": optimizer, "lr_scheduler": LambdaLR(optimizer, burda_lr_factor)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng_state = checkpoint.get("rng_state")

@@ -1,7 +1,8 @@
-"""Learning-rate schedules, as factors of the base learning rate per epoch."""
+"""Learning-rate schedules: ``constant``; ``cosine``, from lr to 0 over the run's steps (a short budget);
+``burda``, the IWAE paper's 3^i epochs at lr·10^(−i/7) (a factor per epoch)."""
 from typing import Literal
 
-LRSchedule = Literal["constant", "burda"]
+LRSchedule = Literal["constant", "cosine", "burda"]
 
 BURDA_STAGES = 8  # stages i = 0..7 of Burda et al. (2016), 3^i epochs each: 3280 epochs in all
 BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))

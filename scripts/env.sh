@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+stamp=.venv/.requirements.cksum
+want=$(cksum < requirements.txt)  # POSIX: on Linux and macOS alike
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  "$PYTHON" -m venv .venv
+  "$PYTHON" -m venv .venv || { echo "error: '$PYTHON -m venv' failed: install Python 3.10+ with venv (Debian/Ubuntu: apt install python3-venv), or set PYTHON=/path/to/python3" >&2; exit 1; }
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.txt
   echo "$want" > "$stamp"

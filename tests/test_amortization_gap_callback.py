@@ -50,6 +50,7 @@ def test_training_is_bit_identical_with_the_callback_and_gaps_reach_tensorboard(
     expected |= {"gap/seconds_per_point_amortized", "gap/seconds_per_point_optimized", "gap/refined_elbo/k=0", "gap/refined_elbo/k=30"}
     assert expected <= tags
     assert len(events.Scalars("gap/amortization_gap")) == 2  # every epoch
+    assert len(events.Images("gap/refinement")) == 2  # the refinement curve as a figure
     for name in ("elbo_amortized", "elbo_optimized", "log_px"):
         assert all(torch.isfinite(torch.tensor(e.value)) for e in events.Scalars(f"gap/{name}"))
 

@@ -7,8 +7,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import pytorch_lightning as pl
 from conftest import ROOT, run_tool
+from lvm_lightning import LVMModule, evaluate
 from lvm_lightning.cli import main
+from lvm_lightning.data import NumpyData
 
 FAST = ["--trainer.enable_progress_bar", "false", "--data.num_train", "1000", "--data.num_val", "500", "--data.num_test", "500"]
 QUIET = ["--amortization_gap.every_n_epochs", "0"]
@@ -101,6 +104,69 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.batch_size", "0"], "batch sizes must be >= 1"),
+        (["--model.lr", "-1"], "lr must be >= 0"),
+        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "real.npy", "--model.likelihood", "bernoulli"], "needs binary values"),
+        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge.npy"], "beyond float32"),
+        (["--amortization_gap.split", "train"], "amortization_gap.split"),
+    ],
+)
+def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatch, capsys, args, message):
+    """The same path as the subprocess cases above, in-process to stay fast: one 'error:' line, exit code 2, no run folder."""
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "real.npy", np.random.default_rng(0).normal(size=(50, 3)))
+    np.save(tmp_path / "huge.npy", np.full((50, 3), 1e300))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *(a.replace("CONFIGS", str(ROOT / "configs")) for a in args)])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def bernoulli_checkpoint(tmp_path_factory) -> Path:
+    """A one-step Bernoulli model on 4 binary columns, saved by Lightning."""
+    folder = tmp_path_factory.mktemp("bernoulli")
+    np.save(folder / "bits.npy", np.random.default_rng(0).integers(0, 2, size=(60, 4)).astype(np.float32))
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=folder)
+    trainer.fit(LVMModule(data_dim=4, latent="gaussian", latent_dim=2, likelihood="bernoulli", objective="importance_sampling"), datamodule=NumpyData(str(folder / "bits.npy")))
+    trainer.save_checkpoint(folder / "bernoulli.ckpt")
+    return folder / "bernoulli.ckpt"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "must be >= 1"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--data-path", "grey.npy"], "needs binary values"),
+    ],
+)
+def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys, args, message):
+    np.save(tmp_path / "grey.npy", np.random.default_rng(0).uniform(size=(20, 4)))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([str(bernoulli_checkpoint), *(str(tmp_path / a) if a.endswith(".npy") else a for a in args)])
+    assert exit_info.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0]
+
+
+def test_the_default_run_is_the_mixture_exact_config(capsys):
+    """``python train.py`` and ``--config configs/mixture_exact.yaml`` differ only in the run folder's name."""
+
+    def printed(args: list[str]) -> str:
+        with pytest.raises(SystemExit):
+            main(["fit", *args, "--print_config"])
+        return capsys.readouterr().out
+
+    default, config = printed([]), printed(["--config", str(ROOT / "configs" / "mixture_exact.yaml")])
+    assert "name: default" in default and default.replace("name: default", "name: mixture_exact") == config
 
 
 def test_no_subcommand_means_fit(tmp_path, monkeypatch, capsys):

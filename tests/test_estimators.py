@@ -114,6 +114,22 @@ def test_exp_of_estimate_is_unbiased_for_px(estimator_class):
     assert (p_hat.log().mean(0) < p_true.log()).all()
 
 
+def test_with_fewer_samples_than_clusters_prior_sampling_is_loose_and_importance_sampling_is_tight():
+    """The seed's point: with K < C, most z_k ~ p(z) fall on the wrong cluster, while z_k ~ q(z|x) ≈ p(z|x) do not."""
+    clusters, k = 8, 4
+    model = build_model(2, "categorical", clusters, learn_prior=False, decoder_hidden=[])
+    angle = torch.arange(clusters) * 2 * math.pi / clusters
+    with torch.no_grad():  # 8 clusters of std 0.4 on a ring of radius 4, as the default data
+        model.decoder.net[0].weight.copy_(torch.stack([4 * angle.cos(), 4 * angle.sin(), *[torch.full((clusters,), math.log(0.4))] * 2], 1))
+    model.encoder = TruePosterior(model, temperature=0.8)  # near the posterior, not equal to it
+    x = oracle_mixture(model).sample((2000,))
+    exact = oracle_mixture(model).log_prob(x)
+    prior_gap = (exact - PriorSampling(k).estimate(model, x).log_px).mean()
+    importance_gap = (exact - ImportanceSampling(k).estimate(model, x).log_px).mean()
+    assert prior_gap > 5.0  # P(no z_k on x's cluster) = (7/8)^4 ≈ 0.59, and a neighbouring cluster costs ~29 nats
+    assert abs(importance_gap) < 0.01
+
+
 def linear_gaussian_model(dim: int = 6, latent_dim: int = 3, orthogonal: bool = False):
     model = build_model(dim, "gaussian", latent_dim, encoder_hidden=[], decoder_hidden=[], decoder_std="shared")
     linear = model.decoder.net[0]

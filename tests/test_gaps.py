@@ -6,7 +6,7 @@ import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import LocalOptimizer, gap_decomposition, summarize
+from lvm_lightning.inference import LocalOptimizer, gap_decomposition, summarize_sums
 from lvm_lightning.models import build_model
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import ELBO, Exact, amortized_elbo
@@ -72,10 +72,12 @@ def test_amortization_gap_of_a_fixed_wrong_encoder_is_the_kl_difference():
     x = model.sample(64)
     report = gap_decomposition(model, x, FIT, elbo_samples=2000)
     _, posterior = closed_form(weight, bias, x)
-    expected = kl_divergence(as_mvn(wrong.expand(len(x), -1)), posterior) - kl_divergence(as_mvn(report.optimized.params), posterior)
+    # The diagonal family holds p(z|x) here, so ELBO(q*) = log p(x) and the gap is KL(q_wrong || p(z|x)), in closed form.
+    expected = kl_divergence(as_mvn(wrong.expand(len(x), -1)), posterior)
     measured = report.elbo_optimized - report.elbo_amortized
     stderr = (measured - expected).std() / len(x) ** 0.5
     assert expected.mean() > 1.0  # the encoder is far off: the check has something to measure
+    # 0.01: what q* may still lack of the posterior after its steps (the test above).
     assert (measured - expected).mean().abs() < 3 * stderr + 0.01
 
 
@@ -106,7 +108,7 @@ def train_mixture(latent: str) -> tuple[LatentVariableModel, torch.Tensor]:
 def test_both_gaps_are_nonnegative_on_a_trained_mixture(latent, lr):
     model, x = train_mixture(latent)
     report = gap_decomposition(model, x, LocalOptimizer(lr=lr, max_steps=300), elbo_samples=500, log_px_samples=2000, refine_steps=(0, 100, 300))
-    summary = summarize(report.sums())
+    summary = summarize_sums(report.sums())
     for gap in ("amortization_gap", "approximation_gap"):
         assert summary[gap] > -3 * summary[f"{gap}_stderr"] - 1e-4, (gap, summary)
     # Refinement from the encoder climbs towards q*: k = 0 is the amortized ELBO, the last k is q* itself.

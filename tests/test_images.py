@@ -1,5 +1,6 @@
 """MNIST-like data through torchvision's real reading path on tiny IDX files written here; conv networks; image callbacks; the Burda schedule."""
 import gzip
+import math
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -114,7 +115,6 @@ def test_dynamic_binarization_draws_afresh_for_every_batch(flat: Path, arrays: d
     draws = torch.stack([epoch_batches(loader, 0) for _ in range(200)]).mean(0)
     assert (draws - data.splits["train"][order]).abs().mean() < 0.04  # E[x] = grey level
     assert set(data.splits["val"].unique().tolist()) == {0.0, 1.0}  # validation is a fixed draw
-    assert data.binary
 
 
 def test_static_binarization_is_fixed_by_seed(flat: Path) -> None:
@@ -137,7 +137,7 @@ def test_threshold_and_none(flat: Path, arrays: dict[str, np.ndarray]) -> None:
     train = grey(arrays[IDX_FILES[0]])[:-NUM_VAL]
     assert torch.equal(fashion(flat, binarization="threshold").splits["train"], (train > 0.5).float())
     data = fashion(flat, binarization="none")
-    assert torch.equal(data.splits["train"], train) and not data.binary
+    assert torch.equal(data.splits["train"], train)
     assert data.transform("train") is None
 
 
@@ -234,6 +234,24 @@ def test_burda_schedule() -> None:
     for _ in range(4):
         scheduler.step()
     assert config["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3 * 10 ** (-2 / 7))
+
+
+def test_cosine_schedule_decays_from_lr_to_zero_over_the_runs_steps() -> None:
+    class RecordLR(pl.Callback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *args) -> None:
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    record = RecordLR()
+    trainer = pl.Trainer(max_epochs=3, logger=False, callbacks=[record], enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    module = LVMModule(lr=0.01, lr_schedule="cosine", adam_eps=1e-4)
+    trainer.fit(module, datamodule=GaussianMixtureData(num_train=200, num_val=50, num_test=50, batch_size=50))
+    total = len(record.lrs)
+    assert total == 12 and trainer.optimizers[0].param_groups[0]["eps"] == 1e-4
+    expected = [0.01 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)]
+    assert record.lrs == pytest.approx(expected) and trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0, abs=1e-12)
 
 
 def tiny_module(**kwargs) -> LVMModule:

@@ -1,14 +1,20 @@
 """Tracks the amortization and approximation gaps during training, in TensorBoard under ``gap/``."""
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence
 
-import pytorch_lightning as pl
-import torch
-from torch import Tensor, nn
+import matplotlib
 
-from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import LocalOptimizer, gap_decomposition, summarize
-from lvm_lightning.inference.local import Bound, Gradient, Init, Precision, Stopping
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from lvm_lightning.errors import UsageError  # noqa: E402
+from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, summarize_sums  # noqa: E402
+from lvm_lightning.inference.local import Bound, Gradient, Init, Precision, Stopping  # noqa: E402
+from lvm_lightning.rng import seeded_fork  # noqa: E402
 
 
 @contextmanager
@@ -23,13 +29,30 @@ def _evaluation_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+def refinement_figure(summary: dict[str, Any], ks: Sequence[int], epoch: int) -> plt.Figure:
+    """ELBO after k Adam steps from q_φ against k (± one standard error), with ELBO(q*) and log p(x) as lines."""
+    elbo = [summary[f"refined_elbo/k={k}"] for k in ks]
+    err = [summary[f"refined_elbo/k={k}_stderr"] or 0.0 for k in ks]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(ks, elbo, yerr=err, marker="o", capsize=3, label="ELBO after k steps from q_φ (k = 0: amortized)")
+    ax.axhline(summary["elbo_optimized"], color="tab:green", linestyle="--", label="ELBO(q*)")
+    ax.axhline(summary["log_px"], color="black", linestyle=":", label="log p(x)")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("k, Adam steps of per-point refinement")
+    ax.set_ylabel("nats per point")
+    ax.set_title(f"semi-amortized refinement, epoch {epoch}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 class AmortizationGap(pl.Callback):
     """After every ``every_n_epochs`` training epochs, logs on the first ``num_points`` points of ``split``:
 
     gap/elbo_amortized = ELBO(q_φ), gap/elbo_optimized = ELBO(q*), gap/log_px, gap/amortization_gap =
     ELBO(q*) − ELBO(q_φ), gap/approximation_gap = log p(x) − ELBO(q*), seconds per point of each
     inference, Adam steps and converged fraction of q*, and gap/refined_elbo/k=… after k steps from
-    q_φ (0 turns it off). Under DDP each rank takes every world_size-th point and sums are
+    q_φ, also drawn as the figure gap/refinement (0 turns it all off). Under DDP each rank takes every world_size-th point and sums are
     all-reduced. The model's weights and modes, its optimizer and the training RNG stream are left
     as they were: the RNG is forked and seeded with ``seed``, so every evaluation sees the same draws.
     """
@@ -38,10 +61,10 @@ class AmortizationGap(pl.Callback):
         self,
         every_n_epochs: int = 5,
         num_points: int = 256,
-        split: str = "val",
+        split: Literal["val", "test"] = "val",
         max_steps: int = 500,
         num_samples: int = 10,
-        lr: float = 1e-2,
+        lr: Optional[float] = None,
         bound: Bound = "elbo",
         init: Init = "encoder",
         stopping: Stopping = "point",
@@ -51,12 +74,14 @@ class AmortizationGap(pl.Callback):
         patience: int = 5,
         elbo_samples: int = 100,
         log_px_samples: int = 500,
-        refine_steps: Sequence[int] = (0, 10, 100),
+        refine_steps: Sequence[int] = REFINE_STEPS,
         chunk_size: Optional[int] = None,
         seed: int = 0,
     ) -> None:
         if num_points < 1 or elbo_samples < 1 or log_px_samples < 1:
             raise UsageError("num_points, elbo_samples and log_px_samples must be >= 1")
+        if split not in ("val", "test"):
+            raise UsageError(f"amortization_gap.split must be 'val' or 'test', got {split!r}")
         self.every_n_epochs, self.num_points, self.split, self.seed = every_n_epochs, num_points, split, seed
         self.elbo_samples, self.log_px_samples, self.chunk_size = elbo_samples, log_px_samples, chunk_size
         self.refine_steps = [k for k in refine_steps if k <= max_steps]
@@ -80,17 +105,17 @@ class AmortizationGap(pl.Callback):
         if x is None:
             return
         device = pl_module.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _evaluation_mode(pl_module), torch.enable_grad():
-            torch.default_generator.manual_seed(self.seed)
-            if device.type == "cuda":
-                with torch.cuda.device(device):
-                    torch.cuda.manual_seed(self.seed)
+        with seeded_fork(device, self.seed), _evaluation_mode(pl_module), torch.enable_grad():
             report = gap_decomposition(
                 pl_module.model, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size
             )
         sums = report.sums()
         totals = trainer.strategy.reduce(torch.stack(list(sums.values())), reduce_op="sum")
-        summary = summarize(dict(zip(sums, totals)))
+        summary = summarize_sums(dict(zip(sums, totals)))
         metrics = {f"gap/{name}": value for name, value in summary.items() if not name.endswith("_stderr") and name != "num_points"}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        if self.refine_steps and trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
+            fig = refinement_figure(summary, self.refine_steps, trainer.current_epoch)
+            trainer.logger.experiment.add_figure("gap/refinement", fig, global_step=trainer.global_step)
+            plt.close(fig)

@@ -3,8 +3,7 @@
 Each callback does nothing where it does not apply (data without ``image_shape`` or labels,
 categorical latents, other loggers), so all of them can stay registered for every run.
 """
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import matplotlib
 
@@ -17,14 +16,7 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from lvm_lightning.callbacks.due import picture_due  # noqa: E402
 from lvm_lightning.models.lvm import LatentVariableModel  # noqa: E402
-
-
-@contextmanager
-def fixed_random_stream(device: torch.device) -> Iterator[None]:
-    """A fork of torch's random stream seeded with 0: the same draws every epoch, and training's stream left as it was."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(0)
-        yield
+from lvm_lightning.rng import seeded_fork  # noqa: E402
 
 
 def _encoder_means(model: LatentVariableModel, x: Tensor, batch_size: int) -> Optional[Tensor]:
@@ -69,7 +61,7 @@ class ImageGrids(pl.Callback):
             return
         model = pl_module.model
         x = trainer.datamodule.splits["val"][: self.num_images].to(pl_module.device)
-        with fixed_random_stream(pl_module.device):
+        with seeded_fork(pl_module.device, 0):  # the same draws every epoch, training's stream untouched
             pairs = torch.stack([x, reconstructions(model, x)], dim=1).flatten(0, 1)
             samples = prior_means(model, self.num_images)
         experiment, step = trainer.logger.experiment, trainer.global_step

@@ -116,11 +116,6 @@ class ImageData(InMemoryDataModule):
     def data_dim(self) -> int:
         return math.prod(self.image_shape)
 
-    @property
-    def binary(self) -> bool:
-        """Whether every batch is in {0, 1}^D, so that a Bernoulli likelihood applies."""
-        return self.hparams.binarization != "none"
-
     def transform(self, split: str) -> Optional[Transform]:
         return torch.bernoulli if split == "train" and self.hparams.binarization == "dynamic" else None
 

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lvm_lightning.errors import UsageError
+
 Transform = Callable[[Tensor], Tensor]
 
 
@@ -84,6 +86,8 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0, in_memory: bool = True) -> None:
         super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise UsageError(f"batch sizes must be >= 1, got batch_size={batch_size} and eval_batch_size={eval_batch_size}")
         self.batch_size, self.eval_batch_size, self.seed, self.in_memory = batch_size, eval_batch_size, seed, in_memory
         self.splits: dict[str, Tensor] = {}
 

@@ -23,11 +23,15 @@ def load_array(path: str) -> Tensor:
         raise UsageError(f"{str(file)!r} holds an array of shape {array.shape}: expected N×D (2-D, one row per datapoint); reshape it")
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise UsageError(f"{str(file)!r} holds {array.dtype} values: expected real numbers")
+    with np.errstate(over="ignore"):
+        array = array.astype(np.float32)  # checked after the cast: 1e300 in float64 is infinite in float32
     bad = ~np.isfinite(array).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
-        raise UsageError(f"{str(file)!r} has NaN or infinite values in {len(rows)} rows (first: {rows[0]}): remove or impute them")
-    return torch.from_numpy(array.astype(np.float32))
+        raise UsageError(
+            f"{str(file)!r} has NaN or infinite values (or values beyond float32's ±3.4e38) in {len(rows)} rows (first: {rows[0]}): remove, impute or rescale them"
+        )
+    return torch.from_numpy(array)
 
 
 class NumpyData(InMemoryDataModule):

@@ -1,5 +1,5 @@
 """Per-point (local) variational inference and the amortization and approximation gaps it measures."""
-from lvm_lightning.inference.gaps import REFINE_STEPS, GapReport, format_gaps, gap_decomposition, gap_summary, log_marginal, summarize, tractable
+from lvm_lightning.inference.gaps import REFINE_STEPS, GapReport, format_gaps, gap_decomposition, gap_summary, log_marginal, summarize_sums, tractable
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 
 __all__ = [
@@ -11,6 +11,6 @@ __all__ = [
     "gap_decomposition",
     "gap_summary",
     "log_marginal",
-    "summarize",
+    "summarize_sums",
     "tractable",
 ]

@@ -8,6 +8,7 @@ with q* the per-point optimum of ``LocalOptimizer``, and the seconds each kind o
 import math
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
@@ -55,22 +56,22 @@ class GapReport:
         """Σ v and Σ v² over points for each quantity, the count and the seconds: additive, so ranks combine them by all_reduce(sum)."""
         sums = {}
         for name, value in self.per_point().items():
+            value = value.double()  # Σv² − N·mean² in float32 loses the variance of values far from 0
             sums[name] = value.sum()
             sums[f"{name}/sq"] = value.square().sum()
-        like = self.log_px.new_tensor
+        like = partial(torch.tensor, dtype=torch.float64, device=self.log_px.device)
         sums.update(count=like(float(len(self.log_px))), seconds_amortized=like(self.seconds_amortized), seconds_optimized=like(self.seconds_optimized))
         return sums
 
 
-def summarize(sums: dict[str, Tensor]) -> dict[str, float]:
-    """Means per point with their standard errors (``NAME_stderr``), and seconds per point of each inference, from ``GapReport.sums`` (summed over ranks)."""
+def summarize_sums(sums: dict[str, Tensor]) -> dict[str, Any]:
+    """Means per point with their standard errors (``NAME_stderr``, None for one point), and seconds per point of each inference, from ``GapReport.sums`` (summed over ranks)."""
     n = float(sums["count"])
-    out = {}
+    out: dict[str, Any] = {}
     for name in (k for k in sums if f"{k}/sq" in sums):
         mean = float(sums[name]) / n
-        variance = max(float(sums[f"{name}/sq"]) / n - mean**2, 0.0) * n / max(n - 1, 1)
         out[name] = mean
-        out[f"{name}_stderr"] = math.sqrt(variance / n)
+        out[f"{name}_stderr"] = math.sqrt(max(float(sums[f"{name}/sq"]) / n - mean**2, 0.0) / (n - 1)) if n > 1 else None
     out["seconds_per_point_amortized"] = float(sums["seconds_amortized"]) / n
     out["seconds_per_point_optimized"] = float(sums["seconds_optimized"]) / n
     out["num_points"] = n
@@ -143,7 +144,7 @@ def gap_summary(
     """``gap_decomposition`` as JSON-ready numbers: means over points with standard errors, seconds per point, q*'s fit, and the refinement curve."""
     ks = [k for k in refine_steps if k <= optimizer.max_steps]
     report = gap_decomposition(model, x, optimizer, elbo_samples, log_px_samples, ks, chunk_size)
-    summary = summarize(report.sums())
+    summary = summarize_sums(report.sums())
     out: dict[str, Any] = {name: summary[name] for name in GAPS}
     out["stderr"] = {name: summary[f"{name}_stderr"] for name in GAPS}
     out.update(
@@ -154,7 +155,7 @@ def gap_summary(
         converged_fraction=summary["converged"],
         log_px_method=report.log_px_method,
         elbo_samples=elbo_samples,
-        local_optimizer=asdict(optimizer),
+        local_optimizer={**asdict(optimizer), "lr": optimizer.step_size(model)},
         refinement={
             "k": ks,
             "elbo": [summary[f"refined_elbo/k={k}"] for k in ks],
@@ -167,7 +168,7 @@ def gap_summary(
 def format_gaps(gaps: dict[str, Any]) -> str:
     """The decomposition and the refinement curve as plain-text lines (nats per point)."""
     lines = [f"gaps over {gaps['num_points']} points (log p(x): {gaps['log_px_method']}; q*: {gaps['mean_steps']:.0f} steps on average, {100 * gaps['converged_fraction']:.0f}% converged)"]
-    lines += [f"  {name:<18} {gaps[name]:>11.4f} ± {gaps['stderr'][name]:.4f}" for name in GAPS]
+    lines += [f"  {name:<18} {gaps[name]:>11.4f} ± {gaps['stderr'][name] or math.nan:.4f}" for name in GAPS]
     lines.append(f"  seconds per point: amortized {gaps['seconds_per_point_amortized']:.2e}, optimized {gaps['seconds_per_point_optimized']:.2e}")
     curve = gaps["refinement"]
     lines.append("  refined ELBO after k steps: " + ", ".join(f"k={k}: {e:.3f}" for k, e in zip(curve["k"], curve["elbo"])))

@@ -1,7 +1,10 @@
 """Parametric families: an unconstrained tensor [..., num_params] in, a torch.distributions object out.
 
 Encoders, decoders and per-point variational parameters all go through these, so a family is
-written once whatever produces its parameters.
+written once whatever produces its parameters. torch.distributions' argument checks are off
+(``validate_args=False``): each check reads a tensor back to the host, about ten syncs a training
+step on a GPU. The data are checked against the likelihood's support once, when a run starts
+(``check_support``); the parameters come from unconstrained tensors and are valid by construction.
 """
 from typing import Literal, Union
 
@@ -41,7 +44,7 @@ class DiagonalGaussian(nn.Module):
             loc, scale = params, self.log_std.exp().expand_as(params)
         else:
             loc, scale = params, torch.full_like(params, float(self.std))
-        return Independent(Normal(loc, scale), 1)
+        return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
 
 class CategoricalFamily(nn.Module):
@@ -52,7 +55,7 @@ class CategoricalFamily(nn.Module):
         self.num_params = num_categories
 
     def forward(self, params: Tensor) -> Distribution:
-        return Categorical(logits=params)
+        return Categorical(logits=params, validate_args=False)
 
 
 class BernoulliFamily(nn.Module):
@@ -63,7 +66,7 @@ class BernoulliFamily(nn.Module):
         self.num_params = dim
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=params), 1)
+        return Independent(Bernoulli(logits=params, validate_args=False), 1, validate_args=False)
 
 
 class ContinuousBernoulliFamily(nn.Module):
@@ -74,10 +77,24 @@ class ContinuousBernoulliFamily(nn.Module):
         self.num_params = dim
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(ContinuousBernoulli(logits=params), 1)
+        return Independent(ContinuousBernoulli(logits=params, validate_args=False), 1, validate_args=False)
 
 
 LIKELIHOODS = ("gaussian", "bernoulli", "continuous_bernoulli")
+
+
+def check_support(likelihood: str, x: Tensor, where: str) -> None:
+    """Raises UsageError unless every value of ``x`` lies in the support of p(x|·): {0, 1} for bernoulli, [0, 1] for continuous_bernoulli."""
+    if likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
+        needs = "binary values {0, 1}"
+    elif likelihood == "continuous_bernoulli" and not ((x >= 0) & (x <= 1)).all():
+        needs = "values in [0, 1]"
+    else:
+        return
+    raise UsageError(
+        f"likelihood {likelihood!r} needs {needs} but {where} has others: pass a --model.likelihood that holds the data "
+        "(gaussian: any real values; continuous_bernoulli: [0, 1]), or binarize them (images: --data.binarization dynamic)"
+    )
 
 
 def likelihood_family(name: str, dim: int, std: GaussianStd = "learned") -> nn.Module:

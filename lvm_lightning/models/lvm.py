@@ -32,11 +32,8 @@ class LatentVariableModel(nn.Module):
         self.prior = prior
         self.decoder = decoder
         self.encoder = encoder
-
-    @property
-    def discrete(self) -> bool:
-        """Whether z is categorical, so that log p(x) = log Σ_z p(z) p(x|z) can be enumerated."""
-        return isinstance(self.prior(), Categorical)
+        # Whether z is categorical, so that log p(x) = log Σ_z p(z) p(x|z) can be enumerated.
+        self.discrete: bool = isinstance(prior(), Categorical)
 
     def support(self) -> Tensor:
         """Every value of a categorical z, shaped [C, 1] to broadcast against a batch."""

@@ -1,4 +1,4 @@
-"""Priors p(z): modules whose call returns the distribution, so learned priors carry parameters."""
+"""Priors p(z): modules whose call returns the distribution, so learned priors carry parameters (argument checks off, as in families.py)."""
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
@@ -12,7 +12,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("loc", torch.zeros(latent_dim))
 
     def forward(self) -> Distribution:
-        return Independent(Normal(self.loc, torch.ones_like(self.loc)), 1)
+        return Independent(Normal(self.loc, torch.ones_like(self.loc), validate_args=False), 1, validate_args=False)
 
 
 class CategoricalPrior(nn.Module):
@@ -27,4 +27,4 @@ class CategoricalPrior(nn.Module):
             self.register_buffer("logits", logits)
 
     def forward(self) -> Distribution:
-        return Categorical(logits=self.logits)
+        return Categorical(logits=self.logits, validate_args=False)

@@ -4,7 +4,7 @@ Both divergences vanish exactly at q_φ(z|x) = p_θ(z|x). ``elbo`` is the seed's
 ``wake`` is min_φ KL(p_θ(z|x) || q_φ), the wake-phase update of reweighted wake-sleep (Bornschein &
 Bengio, 2015), here enumerated exactly. For categorical z the reverse KL's gradient with respect to
 a logit is proportional to q_c, so a component the encoder has written off never comes back;
-``wake`` has no such dead zone and is the default for categorical latents (README: "Encoder objective").
+``wake`` has no such dead zone and is the default for categorical latents (docs/maths.md, "Training signals").
 """
 from typing import Literal, Optional
 
