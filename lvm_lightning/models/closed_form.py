@@ -1,23 +1,13 @@
-"""Closed forms, where the model has them: the mixture p(x) of a categorical model, and the
-marginal and posterior of the linear-Gaussian model x = Wz + b + ε, z ~ N(0, I), ε ~ N(0, σ²I)."""
+"""The closed-form marginal of the linear-Gaussian model x = Wz + b + ε, z ~ N(0, I), ε ~ N(0, σ²I)."""
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
+from torch.distributions import MultivariateNormal
 
 from lvm_lightning.models.families import DiagonalGaussian
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.models.priors import StandardNormalPrior
-
-
-def mixture(model: LatentVariableModel) -> MixtureSameFamily:
-    """p(x) = Σ_c p(z=c) p_θ(x|z=c) as torch's MixtureSameFamily (categorical z only)."""
-    prior = model.prior()
-    if not isinstance(prior, Categorical):
-        raise ValueError("mixture() needs a categorical latent")
-    components = model.decoder(model.support().squeeze(-1))
-    return MixtureSameFamily(Categorical(logits=prior.logits), components)
 
 
 def linear_gaussian_parameters(model: LatentVariableModel) -> Optional[tuple[Tensor, Tensor, Tensor]]:
@@ -49,13 +39,3 @@ def linear_gaussian_marginal(model: LatentVariableModel) -> MultivariateNormal:
     W, b, sigma = _require_linear_gaussian(model)
     eye = torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
     return MultivariateNormal(b, covariance_matrix=W @ W.T + sigma**2 * eye)
-
-
-def linear_gaussian_posterior(model: LatentVariableModel, x: Tensor) -> MultivariateNormal:
-    """p(z|x) = N(Σ Wᵀ(x − b)/σ², Σ) with Σ = (I + WᵀW/σ²)⁻¹."""
-    W, b, sigma = _require_linear_gaussian(model)
-    eye = torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
-    precision = eye + W.T @ W / sigma**2
-    cov = torch.linalg.inv(precision)
-    mean = (x - b) @ W @ cov / sigma**2
-    return MultivariateNormal(mean, covariance_matrix=cov)
