@@ -52,8 +52,8 @@ class AmortizationGap(pl.Callback):
     gap/elbo_amortized = ELBO(q_φ), gap/elbo_optimized = ELBO(q*), gap/log_px, gap/amortization_gap =
     ELBO(q*) − ELBO(q_φ), gap/approximation_gap = log p(x) − ELBO(q*), seconds per point of each
     inference, Adam steps and converged fraction of q*, and gap/refined_elbo/k=… after k steps from
-    q_φ, also drawn as the figure gap/refinement (0 turns it all off). Under DDP each rank takes every world_size-th point and sums are
-    all-reduced. The model's weights and modes, its optimizer and the training RNG stream are left
+    q_φ, also drawn as the figure gap/refinement (0 turns it all off). Under DDP each rank takes
+    every world_size-th point and sums are all-reduced. The model's weights and modes, its optimizer and the training RNG stream are left
     as they were: the RNG is forked and seeded with ``seed``, so every evaluation sees the same draws.
     """
 

@@ -14,7 +14,7 @@ def load_array(path: str) -> Tensor:
     """The N×D float32 tensor stored in ``path``; a UsageError saying what to fix otherwise."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UsageError(f"data file {str(file)!r} not found: pass --data.path with an existing .npy file holding an N×D array")
+        raise UsageError(f"data file {str(file)!r} not found: give the path of an existing .npy file holding an N×D array")
     try:
         array = np.load(file, allow_pickle=False)
     except (ValueError, OSError) as error:
