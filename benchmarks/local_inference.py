@@ -147,11 +147,15 @@ def main() -> None:
         "plain": step_flops(lambda: plain_steps(model, x, 1, k, args.lr)),
     }
     peak = matmul_gflops(device)
+    bf16 = replace(fixed, precision="bf16")
+    short = dict(max_steps=2, check_every=2)  # warm-ups: one-off costs (CUDA kernels, allocator) stay out of the timings
     seconds = {
-        "local": timed(lambda: fixed.fit(model, x), device),
-        "local_bf16": timed(lambda: replace(fixed, precision="bf16").fit(model, x), device),
-        "plain": timed(lambda: plain_steps(model, x, steps, k, args.lr), device),
-        "serial": timed(lambda: serial_steps(model, x[: args.serial_points], steps, k, args.lr), device) * n / args.serial_points,
+        "local": timed(lambda: fixed.fit(model, x), device, warmup=lambda: replace(fixed, **short).fit(model, x)),
+        "local_bf16": timed(lambda: bf16.fit(model, x), device, warmup=lambda: replace(bf16, **short).fit(model, x)),
+        "plain": timed(lambda: plain_steps(model, x, steps, k, args.lr), device, warmup=lambda: plain_steps(model, x, 2, k, args.lr)),
+        "serial": timed(lambda: serial_steps(model, x[: args.serial_points], steps, k, args.lr), device, warmup=lambda: plain_steps(model, x[:1], 2, k, args.lr))
+        * n
+        / args.serial_points,
     }
     report = {
         "points": n,

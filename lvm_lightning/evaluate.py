@@ -94,7 +94,7 @@ def evaluate_checkpoint(
     path = Path(checkpoint_path)
     if not path.is_file():
         raise UsageError(f"checkpoint {checkpoint_path!r} not found: pass the path of a .ckpt file (runs/NAME/version_N/checkpoints/last.ckpt)")
-    if min(num_samples, batch_size, chunk_size or 1) < 1:
+    if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num-samples, --batch-size and --chunk-size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
     check_device(device)
     try:
@@ -115,7 +115,7 @@ def evaluate_checkpoint(
         report["data"] = {"class": checkpoint["datamodule_class"], "split": "test"}
     if x.shape[1] != module.hparams.data_dim:
         raise UsageError(f"the data have {x.shape[1]} columns but the model was trained on {module.hparams.data_dim}")
-    check_support(module.hparams.likelihood, x, "the data")
+    check_support(module.hparams.likelihood, x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
     x = x.to(device)
     torch.manual_seed(seed)
     report["estimates"] = estimate_log_px(model, x, num_samples, batch_size, chunk_size)

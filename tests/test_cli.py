@@ -157,6 +157,15 @@ def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys
     assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0]
 
 
+@pytest.mark.parametrize("every, logged", [(0, 0), (3, 13)])  # 40 steps: written at steps 3, 6, …, 39
+def test_training_metrics_are_logged_on_lightnings_steps_only(tmp_path, monkeypatch, every, logged):
+    monkeypatch.chdir(tmp_path)
+    main(["--trainer.max_epochs", "1", "--trainer.log_every_n_steps", str(every), "--trainer.enable_progress_bar", "false", *QUIET])
+    run = tmp_path / "runs" / "default" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(scalars(run).get("train/loss", [])) == logged
+
+
 def test_the_default_run_is_the_mixture_exact_config(capsys):
     """``python train.py`` and ``--config configs/mixture_exact.yaml`` differ only in the run folder's name."""
 

@@ -2,19 +2,16 @@
 from contextlib import contextmanager
 from typing import Any, Iterator, Literal, Optional, Sequence
 
-import matplotlib
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from lvm_lightning.errors import UsageError  # noqa: E402
-from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, summarize_sums  # noqa: E402
-from lvm_lightning.inference.local import Bound, Gradient, Init, Precision, Stopping  # noqa: E402
-from lvm_lightning.rng import seeded_fork  # noqa: E402
+from lvm_lightning.errors import UsageError
+from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, summarize_sums
+from lvm_lightning.inference.local import Bound, Gradient, Init, Precision, Stopping
+from lvm_lightning.rng import seeded_fork
 
 
 @contextmanager
@@ -29,11 +26,13 @@ def _evaluation_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def refinement_figure(summary: dict[str, Any], ks: Sequence[int], epoch: int) -> plt.Figure:
+def refinement_figure(summary: dict[str, Any], ks: Sequence[int], epoch: int) -> Figure:
     """ELBO after k Adam steps from q_φ against k (± one standard error), with ELBO(q*) and log p(x) as lines."""
     elbo = [summary[f"refined_elbo/k={k}"] for k in ks]
     err = [summary[f"refined_elbo/k={k}_stderr"] or 0.0 for k in ks]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    # A bare Figure, not pyplot: importing the callback leaves matplotlib's backend alone.
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     ax.errorbar(ks, elbo, yerr=err, marker="o", capsize=3, label="ELBO after k steps from q_φ (k = 0: amortized)")
     ax.axhline(summary["elbo_optimized"], color="tab:green", linestyle="--", label="ELBO(q*)")
     ax.axhline(summary["log_px"], color="black", linestyle=":", label="log p(x)")
@@ -118,4 +117,3 @@ class AmortizationGap(pl.Callback):
         if self.refine_steps and trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
             fig = refinement_figure(summary, self.refine_steps, trainer.current_epoch)
             trainer.logger.experiment.add_figure("gap/refinement", fig, global_step=trainer.global_step)
-            plt.close(fig)

@@ -83,18 +83,21 @@ class ContinuousBernoulliFamily(nn.Module):
 LIKELIHOODS = ("gaussian", "bernoulli", "continuous_bernoulli")
 
 
-def check_support(likelihood: str, x: Tensor, where: str) -> None:
-    """Raises UsageError unless every value of ``x`` lies in the support of p(x|·): {0, 1} for bernoulli, [0, 1] for continuous_bernoulli."""
+TRAINING_HINT = (
+    "pass a --model.likelihood that holds the data (gaussian: any real values; continuous_bernoulli: [0, 1]), "
+    "or binarize them (images: --data.binarization dynamic)"
+)
+
+
+def check_support(likelihood: str, x: Tensor, where: str, hint: str = TRAINING_HINT) -> None:
+    """Raises UsageError, ending with ``hint``, unless every value of ``x`` lies in the support of p(x|·): {0, 1} for bernoulli, [0, 1] for continuous_bernoulli."""
     if likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
         needs = "binary values {0, 1}"
     elif likelihood == "continuous_bernoulli" and not ((x >= 0) & (x <= 1)).all():
         needs = "values in [0, 1]"
     else:
         return
-    raise UsageError(
-        f"likelihood {likelihood!r} needs {needs} but {where} has others: pass a --model.likelihood that holds the data "
-        "(gaussian: any real values; continuous_bernoulli: [0, 1]), or binarize them (images: --data.binarization dynamic)"
-    )
+    raise UsageError(f"likelihood {likelihood!r} needs {needs} but {where} has others: {hint}")
 
 
 def likelihood_family(name: str, dim: int, std: GaussianStd = "learned") -> nn.Module:
