@@ -29,14 +29,10 @@ from lvm_lightning.data import FashionMNISTData  # noqa: E402
 from lvm_lightning.models import build_model  # noqa: E402
 from lvm_lightning.models.lvm import LatentVariableModel  # noqa: E402
 from lvm_lightning.module import LVMModule  # noqa: E402
+from lvm_lightning.timing import synchronize  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_iwae.yaml"
 BUILD_ARGS = ("latent", "latent_dim", "encoder_hidden", "decoder_hidden", "activation", "likelihood")
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class StepTimer(pl.Callback):

@@ -20,7 +20,6 @@ seconds and its ELBO(q*) (1000 samples) minus the reference's, paired over point
 import argparse
 import json
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -34,17 +33,13 @@ from lvm_lightning.inference import LocalOptimizer
 from lvm_lightning.models import build_model
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import elbo
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lvm_lightning.timing import timed
 
 
 def matmul_gflops(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
     """GFLOP/s of a size × size float32 matrix product: the device's practical peak."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    return 2 * size**3 * repeats / timed(lambda: [a @ b for _ in range(repeats)], device, warmup=lambda: a @ b) / 1e9
+    return 2 * size**3 * repeats / seconds_after_warmup(lambda: [a @ b for _ in range(repeats)], device, lambda: a @ b) / 1e9
 
 
 def plain_steps(model: LatentVariableModel, x: Tensor, steps: int, num_samples: int, lr: float) -> Tensor:
@@ -66,14 +61,10 @@ def serial_steps(model: LatentVariableModel, x: Tensor, steps: int, num_samples:
     return torch.cat([plain_steps(model, point[None], steps, num_samples, lr) for point in x])
 
 
-def timed(fn: Callable[[], object], device: torch.device, warmup: Callable[[], object] = lambda: None) -> float:
-    """Seconds of one call of ``fn`` after ``warmup``, waiting for queued GPU work at both ends."""
+def seconds_after_warmup(fn: Callable[[], object], device: torch.device, warmup: Callable[[], object]) -> float:
+    """Seconds of one call of ``fn``, after ``warmup`` has paid the one-off costs (CUDA kernels, allocator)."""
     warmup()
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed(fn, device)[1]
 
 
 def step_flops(fn: Callable[[], object]) -> int:
@@ -88,9 +79,7 @@ def plateau(model: LatentVariableModel, x: Tensor, reference: LocalOptimizer) ->
     variants = {"batch": reference, "point": replace(reference, stopping="point"), "point_bf16": replace(reference, stopping="point", precision="bf16")}
     out, bounds = {}, {}
     for name, optimizer in variants.items():
-        results = []
-        spent = timed(lambda: results.append(optimizer.fit(model, x)), x.device)
-        (result,) = results
+        result, spent = timed(lambda: optimizer.fit(model, x), x.device)
         with torch.no_grad():
             bounds[name] = elbo(model, x, optimizer.posterior(model, result.params), 1000)
         difference = bounds[name] - bounds["batch"]
@@ -150,10 +139,10 @@ def main() -> None:
     bf16 = replace(fixed, precision="bf16")
     short = dict(max_steps=2, check_every=2)  # warm-ups: one-off costs (CUDA kernels, allocator) stay out of the timings
     seconds = {
-        "local": timed(lambda: fixed.fit(model, x), device, warmup=lambda: replace(fixed, **short).fit(model, x)),
-        "local_bf16": timed(lambda: bf16.fit(model, x), device, warmup=lambda: replace(bf16, **short).fit(model, x)),
-        "plain": timed(lambda: plain_steps(model, x, steps, k, args.lr), device, warmup=lambda: plain_steps(model, x, 2, k, args.lr)),
-        "serial": timed(lambda: serial_steps(model, x[: args.serial_points], steps, k, args.lr), device, warmup=lambda: plain_steps(model, x[:1], 2, k, args.lr))
+        "local": seconds_after_warmup(lambda: fixed.fit(model, x), device, lambda: replace(fixed, **short).fit(model, x)),
+        "local_bf16": seconds_after_warmup(lambda: bf16.fit(model, x), device, lambda: replace(bf16, **short).fit(model, x)),
+        "plain": seconds_after_warmup(lambda: plain_steps(model, x, steps, k, args.lr), device, lambda: plain_steps(model, x, 2, k, args.lr)),
+        "serial": seconds_after_warmup(lambda: serial_steps(model, x[: args.serial_points], steps, k, args.lr), device, lambda: plain_steps(model, x[:1], 2, k, args.lr))
         * n
         / args.serial_points,
     }

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import pytorch_lightning as pl
 from conftest import ROOT, run_tool
 from lvm_lightning import LVMModule, evaluate
 from lvm_lightning.cli import main

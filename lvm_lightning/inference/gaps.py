@@ -6,10 +6,9 @@ log p(x) = ELBO(q_φ) + [ELBO(q*) − ELBO(q_φ)] + [log p(x) − ELBO(q*)]
 with q* the per-point optimum of ``LocalOptimizer``, and the seconds each kind of inference took.
 """
 import math
-import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -18,8 +17,8 @@ from torch.distributions import Distribution
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Exact, ImportanceSampling, elbo, tractable
+from lvm_lightning.timing import timed
 
-T = TypeVar("T")
 # k for the refinement curve: roughly log-spaced, cut at the optimizer's step cap.
 REFINE_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
 GAPS = ("elbo_amortized", "elbo_optimized", "log_px", "amortization_gap", "approximation_gap")
@@ -78,16 +77,6 @@ def summarize_sums(sums: dict[str, Tensor]) -> dict[str, Any]:
     return out
 
 
-def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
-    """fn() and its wall-clock seconds, waiting for queued GPU work on both ends."""
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    synchronize()
-    start = time.perf_counter()
-    out = fn()
-    synchronize()
-    return out, time.perf_counter() - start
-
-
 @torch.no_grad()
 def log_marginal(model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: int, chunk_size: Optional[int] = None) -> Tensor:
     """log p(x) [N]: exact where ``tractable``, else log (1/K) Σ_k p(x, z_k)/q(z_k), z_k ~ q, chunked."""
@@ -114,9 +103,9 @@ def gap_decomposition(
     ks = sorted(set(refine_steps))
     from_encoder = optimizer.init == "encoder"
     with torch.no_grad():
-        q_amortized, seconds_amortized = _timed(lambda: model.posterior(x), x.device)
+        q_amortized, seconds_amortized = timed(lambda: model.posterior(x), x.device)
     # From the encoder, q*'s own run passes through every k; from the prior, refinement needs a run of its own.
-    result, seconds_optimized = _timed(lambda: optimizer.fit(model, x, record_at=ks if from_encoder else ()), x.device)
+    result, seconds_optimized = timed(lambda: optimizer.fit(model, x, record_at=ks if from_encoder else ()), x.device)
     refinement = result if from_encoder else replace(optimizer, init="encoder", max_steps=max(ks, default=1)).fit(model, x, record_at=ks)
     with torch.no_grad():
         q_star = optimizer.posterior(model, result.params)
