@@ -1,8 +1,8 @@
-"""LightningCLI for lvm_lightning: ``python train.py`` trains the default mixture model."""
+"""LightningCLI for lvm_lightning: ``lvm-train`` (or ``python train.py``) trains the default mixture model."""
 import logging
 import sys
 from argparse import ArgumentError
-from typing import Optional
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 from jsonargparse import lazy_instance
@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, TrueLogDensity
-from lvm_lightning.data import GaussianMixtureData, InMemoryDataModule
+from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import find_usage_error
 from lvm_lightning.module import LVMModule
 
@@ -19,8 +19,7 @@ class LVMCLI(LightningCLI):
     """Links the data's dimension and image shape into the model, and adds checkpointing, the true density, density plots and image pictures."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.data_dim", "model.data_dim", apply_on="instantiate")
-        parser.link_arguments("data.image_shape", "model.image_shape", apply_on="instantiate")
+        parser.link_arguments("data.data_dim", "model.lvm.init_args.data_dim", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(DensityPlot, "density_plot")
         parser.add_lightning_class_args(TrueLogDensity, "true_density")
@@ -31,6 +30,8 @@ class LVMCLI(LightningCLI):
         parser.set_defaults(
             {
                 "data": lazy_instance(GaussianMixtureData),
+                "model.lvm": {"class_path": "lvm_lightning.models.MixtureModel"},
+                "model.estimator": {"class_path": "lvm_lightning.objectives.Exact"},
                 "checkpoint.save_last": True,
                 "trainer.max_epochs": 30,
                 "trainer.log_every_n_steps": 10,
@@ -41,20 +42,28 @@ class LVMCLI(LightningCLI):
             }
         )
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The trainer with the parsed callbacks, less ModelCheckpoint when ``--trainer.enable_checkpointing false`` (Lightning refuses both)."""
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if config.get("enable_checkpointing") is False:
+            callbacks = [callback for callback in callbacks if not isinstance(callback, ModelCheckpoint)]
+        return self._instantiate_trainer(config, callbacks)
+
     def _say(self, template: str) -> None:
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, one prints
         if self.trainer.is_global_zero:
             print(template.format(log_dir=log_dir), flush=True)
 
     def before_fit(self) -> None:
-        if isinstance(self.datamodule, InMemoryDataModule):
+        if isinstance(self.datamodule, SplitData):
             # Loads the splits on the CPU (fit moves them to the device later): bad data stop the run before its folder is made.
             self.datamodule.setup("fit")
             self.model.check_data(self.datamodule)
         self._say("run folder (TensorBoard logs and checkpoints): {log_dir}")
 
     def after_fit(self) -> None:
-        self._say("checkpoints: {log_dir}/checkpoints  (evaluate: python -m lvm_lightning.evaluate CKPT)")
+        self._say("checkpoints: {log_dir}/checkpoints  (evaluate: lvm-evaluate CKPT)")
 
 
 def main(args: Optional[list[str]] = None) -> None:
@@ -82,6 +91,6 @@ def main(args: Optional[list[str]] = None) -> None:
         if usage_error is not None:
             message = str(usage_error)
         else:
-            message = " ".join(str(error).split()) + " (python train.py fit --help lists every option)"
+            message = " ".join(str(error).split()) + " (lvm-train fit --help lists every option)"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

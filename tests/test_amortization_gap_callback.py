@@ -1,4 +1,6 @@
 """The AmortizationGap callback: logs gap/… to TensorBoard and leaves training exactly as it would have been."""
+from pathlib import Path
+
 import pytorch_lightning as pl
 import pytest
 import torch
@@ -7,19 +9,21 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lvm_lightning.callbacks import AmortizationGap
 from lvm_lightning.data import GaussianMixtureData
+from lvm_lightning.inference import LocalOptimizer
+from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.module import LVMModule
+from lvm_lightning.objectives import Exact, ImportanceSampling
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def fit(tmp_path, callbacks: list, name: str) -> tuple[pl.Trainer, LVMModule]:
     """Two epochs of a small Gaussian-latent model (sampling draws from the training RNG) on mixture data."""
     pl.seed_everything(0)
     data = GaussianMixtureData(num_clusters=4, num_train=256, num_val=64, num_test=64, batch_size=64)
-    module = LVMModule(
-        latent="gaussian", latent_dim=2, encoder_hidden=(16,), decoder_hidden=(16,), objective="importance_sampling", num_samples=4, eval_num_samples=8
-    )
+    module = LVMModule(VAE(2, 2, encoder_hidden=(16,), decoder_hidden=(16,)), ImportanceSampling(4), eval_num_samples=8)
     trainer = pl.Trainer(
         max_epochs=2,
         logger=TensorBoardLogger(str(tmp_path), name=name),
@@ -35,7 +39,7 @@ def fit(tmp_path, callbacks: list, name: str) -> tuple[pl.Trainer, LVMModule]:
 
 
 def gap_callback() -> AmortizationGap:
-    return AmortizationGap(every_n_epochs=1, num_points=32, max_steps=30, refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50)
+    return AmortizationGap(every_n_epochs=1, num_points=32, optimizer=LocalOptimizer(max_steps=30), refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50)
 
 
 def test_training_is_bit_identical_with_the_callback_and_gaps_reach_tensorboard(tmp_path):
@@ -62,7 +66,9 @@ def test_one_evaluation_leaves_weights_optimizer_and_rng_bit_identical(tmp_path)
     moments = {k: {n: t.clone() for n, t in s.items()} for k, s in optimizer["state"].items()}
     rng = torch.get_rng_state()
     module.train()
-    gap_callback().on_train_epoch_end(trainer, module)
+    callback = gap_callback()
+    callback.setup(trainer, module, "fit")
+    callback.on_train_epoch_end(trainer, module)
     assert torch.equal(torch.get_rng_state(), rng)
     assert module.training and all(m.training for m in module.modules())
     for name, value in module.state_dict().items():
@@ -74,14 +80,15 @@ def test_one_evaluation_leaves_weights_optimizer_and_rng_bit_identical(tmp_path)
             assert torch.equal(after[key][name], value), (key, name)
 
 
-def test_evaluate_reports_the_decomposition_and_refinement_curve(tmp_path):
+def test_evaluate_reports_the_decomposition_and_refinement_curve(tmp_path, monkeypatch):
+    from lvm_lightning.cli import main
     from lvm_lightning.evaluate import evaluate_checkpoint
-    from lvm_lightning.inference import LocalOptimizer
 
-    trainer, _ = fit(tmp_path, [], "evaluated")
-    checkpoint = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(checkpoint)
-    report = evaluate_checkpoint(str(checkpoint), num_samples=64, gap_points=16, gap_optimizer=LocalOptimizer(max_steps=60))
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONFIGS / "mixture_vae.yaml"), "--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false",
+          "--trainer.limit_val_batches", "1", "--amortization_gap.every_n_epochs", "0", "--density_plot.every_n_epochs", "0"])  # fmt: skip
+    checkpoint = tmp_path / "runs" / "mixture_vae" / "version_0" / "checkpoints" / "last.ckpt"
+    report = evaluate_checkpoint(str(checkpoint), num_samples=64, gap_points=16, gap=LocalOptimizer(max_steps=60))
     gaps = report["gaps"]
     torch.testing.assert_close(gaps["amortization_gap"], gaps["elbo_optimized"] - gaps["elbo_amortized"])
     torch.testing.assert_close(gaps["approximation_gap"], gaps["log_px"] - gaps["elbo_optimized"])
@@ -94,8 +101,8 @@ def gaps_logged(tmp_path, devices: int) -> dict[str, float]:
     """gap/… after one epoch at lr 0 (weights stay at their seeded init) of a categorical model, on 1 or 2 CPU processes."""
     pl.seed_everything(0)
     data = GaussianMixtureData(num_clusters=4, num_train=256, num_val=64, num_test=64, batch_size=64)
-    module = LVMModule(latent="categorical", latent_dim=6, encoder_hidden=(16,), lr=0.0)
-    callback = AmortizationGap(every_n_epochs=1, num_points=33, max_steps=40, lr=0.1, refine_steps=(0, 10))
+    module = LVMModule(MixtureModel(2, 6, encoder_hidden=(16,)), Exact(), lr=0.0)
+    callback = AmortizationGap(every_n_epochs=1, num_points=33, optimizer=LocalOptimizer(max_steps=40, lr=0.1), refine_steps=(0, 10))
     trainer = pl.Trainer(
         max_epochs=1,
         logger=TensorBoardLogger(str(tmp_path), name=f"devices{devices}"),

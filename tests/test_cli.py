@@ -4,14 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, run_tool
 from lvm_lightning import LVMModule, evaluate
 from lvm_lightning.cli import main
-from lvm_lightning.data import NumpyData
+from lvm_lightning.models import MixtureModel
+from lvm_lightning.objectives import Exact
 
 FAST = ["--trainer.enable_progress_bar", "false", "--data.num_train", "1000", "--data.num_val", "500", "--data.num_test", "500"]
 QUIET = ["--amortization_gap.every_n_epochs", "0"]
@@ -47,13 +47,13 @@ def test_tensorboard_has_every_estimator_side_by_side(trained_run):
     accumulator = EventAccumulator(str(trained_run))
     accumulator.Reload()
     assert "density" in accumulator.Tags()["images"]
-    assert (trained_run / "hparams.yaml").read_text().count("objective: exact") == 1
+    assert (trained_run / "hparams.yaml").read_text().count("class_path: lvm_lightning.objectives.Exact") == 1
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_checkpoint_evaluated_in_a_fresh_process(trained_run, tmp_path):
     output = tmp_path / "report.json"
-    result = run_tool(["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--num-samples", "200", "--output", str(output)], tmp_path)
+    result = run_tool(["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--num_samples", "200", "--output", str(output)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     estimates = report["estimates"]
@@ -69,7 +69,7 @@ def test_checkpoint_evaluated_in_a_fresh_process(trained_run, tmp_path):
 
 def test_evaluation_on_a_user_npy_file(trained_run, tmp_path):
     np.save(tmp_path / "points.npy", np.random.default_rng(0).normal(size=(64, 2)))
-    result = run_tool(["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--data-path", "points.npy", "--num-samples", "50", "--output", "r.json"], tmp_path)
+    result = run_tool(["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--data_path", "points.npy", "--num_samples", "50", "--output", "r.json"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["estimates"]["exact"]["num_points"] == 64 and "true_log_px" not in report
@@ -79,14 +79,14 @@ def test_load_from_checkpoint_needs_no_config(trained_run):
     from lvm_lightning import LVMModule
 
     module = LVMModule.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
-    assert module.hparams.objective == "exact" and module.model.discrete
+    assert isinstance(module.estimator, Exact) and isinstance(module.lvm, MixtureModel) and module.lvm.discrete
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train.py", "fit", "--model.latent", "gaussian", "--model.objective", "exact"], "needs a categorical latent"),
-        (["train.py", "fit", "--model.objective", "importance_sampling", "--model.num_samples", "0"], "num_samples >= 1"),
+        (["train.py", "fit", "--model.lvm", "lvm_lightning.models.VAE"], "needs an enumerable latent"),
+        (["train.py", "fit", "--model.estimator", "lvm_lightning.objectives.ImportanceSampling", "--model.estimator.num_samples", "0"], "num_samples >= 1"),
         (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "missing.npy"], "not found"),
         (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "wrong_shape.npy"], "expected N×D"),
         (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "with_nan.npy"], "NaN"),
@@ -111,7 +111,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
     [
         (["--data.batch_size", "0"], "batch sizes must be >= 1"),
         (["--model.lr", "-1"], "lr must be >= 0"),
-        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "real.npy", "--model.likelihood", "bernoulli"], "needs binary values"),
+        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "real.npy", "--model.lvm.likelihood", "bernoulli"], "needs binary values"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge.npy"], "beyond float32"),
         (["--amortization_gap.split", "train"], "amortization_gap.split"),
     ],
@@ -131,21 +131,22 @@ def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatc
 
 @pytest.fixture(scope="module")
 def bernoulli_checkpoint(tmp_path_factory) -> Path:
-    """A one-step Bernoulli model on 4 binary columns, saved by Lightning."""
+    """A one-step Bernoulli model on 4 binary columns, trained through the CLI."""
     folder = tmp_path_factory.mktemp("bernoulli")
     np.save(folder / "bits.npy", np.random.default_rng(0).integers(0, 2, size=(60, 4)).astype(np.float32))
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=folder)
-    trainer.fit(LVMModule(data_dim=4, latent="gaussian", latent_dim=2, likelihood="bernoulli", objective="importance_sampling"), datamodule=NumpyData(str(folder / "bits.npy")))
-    trainer.save_checkpoint(folder / "bernoulli.ckpt")
-    return folder / "bernoulli.ckpt"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        main(["fit", "--config", str(ROOT / "configs" / "numpy_file.yaml"), "--data.path", "bits.npy", "--model.lvm.likelihood", "bernoulli",
+              "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0"])  # fmt: skip
+    return folder / "runs" / "numpy_file" / "version_0" / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--batch-size", "0"], "must be >= 1"),
+        (["--batch_size", "0"], "must be >= 1"),
         (["--device", "gpu"], "unknown device 'gpu'"),
-        (["--data-path", "grey.npy"], "needs binary values"),
+        (["--data_path", "grey.npy"], "needs binary values"),
     ],
 )
 def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys, args, message):
@@ -200,7 +201,7 @@ def test_every_shipped_config_runs(config, tmp_path, monkeypatch):
 def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypatch):
     """4 epochs straight vs 2 epochs, then resumed from last.ckpt to 4: the same weights to the last bit."""
     monkeypatch.chdir(tmp_path)
-    common = ["--model.objective", "importance_sampling", "--model.num_samples", "3", *FAST, *QUIET, "--density_plot.every_n_epochs", "0"]
+    common = ["--model.estimator", "lvm_lightning.objectives.ImportanceSampling", "--model.estimator.num_samples", "3", *FAST, *QUIET, "--density_plot.every_n_epochs", "0"]
     main(["fit", "--trainer.max_epochs", "4", "--trainer.logger.init_args.name", "straight", *common])
     main(["fit", "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "interrupted", *common])
     last = tmp_path / "runs" / "interrupted" / "version_0" / "checkpoints" / "last.ckpt"
@@ -215,7 +216,7 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypa
 def test_ddp_on_two_cpu_processes(tmp_path):
     """Lightning's DDP (gloo, 2 processes): each rank trains on its shard; validation metrics are reduced across ranks."""
     args = [str(ROOT / "train.py"), "fit", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-            "--trainer.max_epochs", "2", *FAST, "--amortization_gap.every_n_epochs", "1", "--amortization_gap.max_steps", "50"]
+            "--trainer.max_epochs", "2", *FAST, "--amortization_gap.every_n_epochs", "1", "--amortization_gap.optimizer.max_steps", "50"]
     result = run_tool(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("run folder") == 1

@@ -34,7 +34,7 @@ def test_mixture_data_true_density_is_the_generating_mixture():
     centres = data.distribution.component_distribution.base_dist.loc
     oracle = MixtureSameFamily(Categorical(torch.ones(5) / 5), Independent(Normal(centres, 0.4 * torch.ones(5, 3)), 1))
     x = data.splits["test"]
-    torch.testing.assert_close(data.true_log_prob(x), oracle.log_prob(x))
+    torch.testing.assert_close(data.true_density.log_prob(x), oracle.log_prob(x))
     again = GaussianMixtureData(num_clusters=5, dim=3, layout="random", num_train=100, num_val=10, num_test=20, seed=3)
     again.setup()
     assert torch.equal(again.splits["train"], data.splits["train"])

@@ -7,14 +7,13 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal, kl_divergence
 
 from lvm_lightning.errors import UsageError
-from lvm_lightning.models import build_model
+from lvm_lightning.models import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.objectives import (
     ELBO,
     Exact,
     ImportanceSampling,
     PriorSampling,
     amortized_elbo,
-    make_estimator,
     wake_objective,
 )
 
@@ -31,7 +30,7 @@ def float64():
 
 def mixture_model(num_components: int = 6, dim: int = 2):
     """A categorical-latent model with no decoder hidden layers (a Gaussian mixture), with spread-out random parameters."""
-    model = build_model(dim, "categorical", num_components, learn_prior=True, decoder_hidden=[])
+    model = MixtureModel(dim, num_components, learn_prior=True, decoder_hidden=[])
     with torch.no_grad():
         table = model.decoder.net[0].weight  # [C, 2D]: means, then log-stds
         table[:, :dim] = 3 * torch.randn(num_components, dim)
@@ -69,7 +68,7 @@ def test_exact_equals_mixture_same_family():
 
 
 def test_exact_equals_mixture_same_family_for_an_mlp_decoder_with_bernoulli_likelihood():
-    model = build_model(5, "categorical", 4, decoder_hidden=[8], likelihood="bernoulli")
+    model = MixtureModel(5, 4, decoder_hidden=[8], likelihood="bernoulli")
     x = torch.randint(0, 2, (30, 5)).double()
     z = torch.arange(4)
     logits = model.decoder.net(z)  # one row of Bernoulli logits per component
@@ -117,7 +116,7 @@ def test_exp_of_estimate_is_unbiased_for_px(estimator_class):
 def test_with_fewer_samples_than_clusters_prior_sampling_is_loose_and_importance_sampling_is_tight():
     """The seed's point: with K < C, most z_k ~ p(z) fall on the wrong cluster, while z_k ~ q(z|x) ≈ p(z|x) do not."""
     clusters, k = 8, 4
-    model = build_model(2, "categorical", clusters, learn_prior=False, decoder_hidden=[])
+    model = MixtureModel(2, clusters, learn_prior=False, decoder_hidden=[])
     angle = torch.arange(clusters) * 2 * math.pi / clusters
     with torch.no_grad():  # 8 clusters of std 0.4 on a ring of radius 4, as the default data
         model.decoder.net[0].weight.copy_(torch.stack([4 * angle.cos(), 4 * angle.sin(), *[torch.full((clusters,), math.log(0.4))] * 2], 1))
@@ -131,7 +130,7 @@ def test_with_fewer_samples_than_clusters_prior_sampling_is_loose_and_importance
 
 
 def linear_gaussian_model(dim: int = 6, latent_dim: int = 3, orthogonal: bool = False):
-    model = build_model(dim, "gaussian", latent_dim, encoder_hidden=[], decoder_hidden=[], decoder_std="shared")
+    model = LinearGaussian(dim, latent_dim, noise_std="shared", encoder_hidden=[])
     linear = model.decoder.net[0]
     with torch.no_grad():
         weight = torch.randn(dim, latent_dim)
@@ -172,13 +171,15 @@ def test_linear_gaussian_iwae_at_large_k_matches_the_closed_form():
         encoder.bias[:3] = -b @ mean_map
         encoder.weight[3:] = 0
         encoder.bias[3:] = 0.5 * covariance.diagonal().log()
-        iwae = ImportanceSampling(5000, chunk_size=2**15).estimate(model, x[:64])
+        estimator = ImportanceSampling(5000, chunk_size=2**15)
+        iwae = estimator.estimate(model, x[:64])
         elbo = ELBO(100).estimate(model, x[:64]).log_px
     truth = oracle.log_prob(x[:64])
     error = iwae.log_px - truth
-    assert (error.abs() < 4 * iwae.log_px_stderr() + 1e-3).all()
+    stderr = estimator.stderr(iwae)
+    assert (error.abs() < 4 * stderr + 1e-3).all()
     assert error.mean().abs() < 0.005
-    assert iwae.log_px_stderr().max() < 0.03
+    assert stderr.max() < 0.03
     assert (elbo - truth).mean() < -0.01  # a diagonal q cannot match the full-covariance posterior: the ELBO is looser
 
 
@@ -241,8 +242,7 @@ def test_encoder_objectives_against_closed_form_kl():
 
 
 def test_encoder_objective_trains_only_the_encoder():
-    for latent in ("categorical", "gaussian"):
-        model = build_model(3, latent, 4, decoder_hidden=[8])
+    for model in (MixtureModel(3, 4, decoder_hidden=[8]), VAE(3, 4, decoder_hidden=[8])):
         amortized_elbo(model, torch.randn(7, 3)).sum().backward()
         assert all(p.grad is None or not p.grad.any() for n, p in model.named_parameters() if not n.startswith("encoder."))
         assert any(p.grad is not None and p.grad.any() for p in model.encoder.parameters())
@@ -250,8 +250,8 @@ def test_encoder_objective_trains_only_the_encoder():
 
 def test_configuration_errors():
     with pytest.raises(UsageError, match="num_samples >= 1"):
-        make_estimator("importance_sampling", 0)
-    with pytest.raises(UsageError, match="categorical latent"):
-        Exact().check(build_model(2, "gaussian", 2, decoder_hidden=[4]))
-    with pytest.raises(UsageError, match="unknown estimator"):
-        make_estimator("magic")
+        ImportanceSampling(0)
+    with pytest.raises(UsageError, match="enumerable latent"):
+        Exact().check(VAE(2, 2, decoder_hidden=[4]))
+    with pytest.raises(UsageError, match="'wake' needs an enumerable latent"):
+        ImportanceSampling(4, encoder_objective="wake").check(VAE(2, 2))

@@ -4,11 +4,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-import yaml
 
-from conftest import ROOT, run_tool
+from conftest import ROOT, module_from_config, run_tool
 from lvm_lightning.data import FashionMNISTData
-from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import ImportanceSampling
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
@@ -24,14 +22,14 @@ needs_debian_data = pytest.mark.skipif(not DEBIAN_FOLDER.is_dir(), reason=f"{DEB
 @needs_debian_data
 def test_vae_on_fashion_mnist_learns(tmp_path: Path) -> None:
     pl.seed_everything(0)
-    module = LVMModule(data_dim=784, **yaml.safe_load(CONFIG.read_text())["model"])
+    module = module_from_config(CONFIG, data_dim=784)
     data = FashionMNISTData(root=str(DEBIAN_FOLDER), cache_dir=str(tmp_path / "cache"))
     trainer = pl.Trainer(max_steps=STEPS, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(module, datamodule=data)
     assert data.splits["train"].shape == (50_000, 784) and data.splits["test"].shape == (10_000, 784)
     torch.manual_seed(0)
     with torch.no_grad():
-        nll = -ImportanceSampling(K).estimate(module.model, data.splits["test"][:TEST_POINTS]).log_px.mean()
+        nll = -ImportanceSampling(K).estimate(module.lvm, data.splits["test"][:TEST_POINTS]).log_px.mean()
     assert nll < NLL_THRESHOLD, f"test NLL {float(nll):.1f} nats after {STEPS} steps (IS, K={K}, first {TEST_POINTS} test points)"
 
 
@@ -45,6 +43,6 @@ def test_readme_command_trains_and_evaluates(tmp_path: Path, monkeypatch: pytest
     assert train.returncode == 0, train.stderr[-3000:]
     assert list((tmp_path / "cache" / "lvm_lightning").glob("*/FashionMNIST/raw/train-images-idx3-ubyte"))
     checkpoint = tmp_path / "runs" / "fashion_mnist_iwae" / "version_0" / "checkpoints" / "last.ckpt"
-    evaluate = run_tool(["-m", "lvm_lightning.evaluate", str(checkpoint), "--num-samples", "2", "--gap-points", "0"], cwd=tmp_path)
+    evaluate = run_tool(["-m", "lvm_lightning.evaluate", str(checkpoint), "--num_samples", "2", "--gap_points", "0"], cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert "importance_sampling" in evaluate.stdout and "10000" in evaluate.stdout

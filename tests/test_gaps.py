@@ -7,7 +7,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import LocalOptimizer, gap_decomposition, summarize_sums
-from lvm_lightning.models import build_model
+from lvm_lightning.models import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import ELBO, Exact, amortized_elbo
 
@@ -24,7 +24,7 @@ def linear_gaussian(data_dim: int = 6) -> tuple[LatentVariableModel, torch.Tenso
     generator = torch.Generator().manual_seed(0)
     weight = torch.linalg.qr(torch.randn(data_dim, len(SCALES), generator=generator))[0] * SCALES
     bias = torch.randn(data_dim, generator=generator)
-    model = build_model(data_dim, "gaussian", len(SCALES), encoder_hidden=(), decoder_hidden=(), decoder_std="shared")
+    model = LinearGaussian(data_dim, len(SCALES), noise_std="shared", encoder_hidden=())
     with torch.no_grad():
         model.decoder.net[0].weight.copy_(weight)
         model.decoder.net[0].bias.copy_(bias)
@@ -89,10 +89,10 @@ def train_mixture(latent: str) -> tuple[LatentVariableModel, torch.Tensor]:
     centres = 3 * torch.stack([angle.cos(), angle.sin()], 1)
     data = centres[torch.randint(4, (1100,))] + 0.4 * torch.randn(1100, 2)
     if latent == "categorical":
-        model = build_model(2, "categorical", 6, encoder_hidden=(32,), decoder_hidden=())
+        model = MixtureModel(2, 6, encoder_hidden=(32,), decoder_hidden=())
         objective = lambda x: Exact().estimate(model, x).log_px + amortized_elbo(model, x)  # noqa: E731
     else:
-        model = build_model(2, "gaussian", 2, encoder_hidden=(32,), decoder_hidden=(32,))
+        model = VAE(2, 2, encoder_hidden=(32,), decoder_hidden=(32,))
         objective = lambda x: ELBO().estimate(model, x).log_px  # noqa: E731
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(300):
@@ -157,7 +157,7 @@ def test_prior_initialization_and_usage_errors():
     model, _, _ = linear_gaussian()
     x = model.sample(4)
     assert torch.equal(LocalOptimizer(init="prior").initial_params(model, x), torch.zeros(4, 6))
-    categorical = build_model(2, "categorical", 5)
+    categorical = MixtureModel(2, 5)
     logits = LocalOptimizer(init="prior").initial_params(categorical, torch.zeros(3, 2))
     torch.testing.assert_close(logits.softmax(-1), torch.full((3, 5), 0.2))
     with pytest.raises(UsageError, match="iwae"):

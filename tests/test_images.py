@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-import yaml
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 from torchvision import datasets
 
+from conftest import module_from_config
 from lvm_lightning.callbacks import ActiveUnits, ImageGrids, LatentScatter, active_units
 from lvm_lightning.cli import main
 from lvm_lightning.data import FashionMNISTData, GaussianMixtureData, MNISTData, TensorLoader
 from lvm_lightning.data.images import IDX_FILES
 from lvm_lightning.errors import UsageError
-from lvm_lightning.models import build_model
+from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.models.families import BernoulliFamily
 from lvm_lightning.module import LVMModule
+from lvm_lightning.objectives import Exact, ImportanceSampling
 from lvm_lightning.schedules import BURDA_EPOCHS, burda_lr_factor
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -186,11 +187,9 @@ def test_dataloader_path_keeps_data_on_the_cpu(flat: Path) -> None:
     assert torch.cat(list(data.test_dataloader())).equal(data.splits["test"])
 
 
-@pytest.mark.parametrize("latent, likelihood, params_per_pixel", [("gaussian", "bernoulli", 1), ("gaussian", "gaussian", 2), ("categorical", "continuous_bernoulli", 1)])
-def test_conv_network_shapes(latent: str, likelihood: str, params_per_pixel: int) -> None:
-    model = build_model(
-        784, latent, 3, encoder_hidden=(8, 16), decoder_hidden=(16, 8), likelihood=likelihood, network="conv", image_shape=(1, 28, 28)
-    )
+@pytest.mark.parametrize("builder, likelihood, params_per_pixel", [(VAE, "bernoulli", 1), (VAE, "gaussian", 2), (MixtureModel, "continuous_bernoulli", 1)])
+def test_conv_network_shapes(builder: type, likelihood: str, params_per_pixel: int) -> None:
+    model = builder(784, 3, encoder_hidden=(8, 16), decoder_hidden=(16, 8), likelihood=likelihood, network="conv", image_shape=(1, 28, 28))
     x = torch.bernoulli(torch.rand(5, 784))
     q = model.posterior(x)
     z = q.sample((4,))
@@ -201,19 +200,19 @@ def test_conv_network_shapes(latent: str, likelihood: str, params_per_pixel: int
 
 def test_conv_needs_images_that_halve_evenly() -> None:
     with pytest.raises(UsageError, match="needs image data"):
-        build_model(784, "gaussian", 2, network="conv")
+        VAE(784, 2, network="conv")
     with pytest.raises(UsageError, match="divisible by 4"):
-        build_model(30 * 30, "gaussian", 2, encoder_hidden=(8, 8), decoder_hidden=(8, 8), network="conv", image_shape=(1, 30, 30))
+        VAE(30 * 30, 2, encoder_hidden=(8, 8), decoder_hidden=(8, 8), network="conv", image_shape=(1, 30, 30))
 
 
 def test_iwae_config_is_burda_et_als_one_layer_mlp() -> None:
-    model_args = yaml.safe_load((CONFIGS / "fashion_mnist_iwae.yaml").read_text())["model"]
-    model = LVMModule(data_dim=784, **model_args).model
+    module = module_from_config(CONFIGS / "fashion_mnist_iwae.yaml", data_dim=784)
+    model = module.lvm
     linear = lambda net: [(m.in_features, m.out_features) for m in net if isinstance(m, torch.nn.Linear)]  # noqa: E731
     assert linear(model.encoder.net) == [(784, 200), (200, 200), (200, 100)]  # 50 means and 50 log-stds
     assert linear(model.decoder.net) == [(50, 200), (200, 200), (200, 784)]
     assert isinstance(model.decoder.family, BernoulliFamily) and all(isinstance(m, torch.nn.Tanh) for m in model.encoder.net[1::2])
-    assert model_args["num_samples"] == 50 and model_args["objective"] == "importance_sampling"
+    assert isinstance(module.estimator, ImportanceSampling) and module.estimator.num_samples == 50
 
 
 def test_active_units_counts_coordinates_whose_mean_varies_over_x() -> None:
@@ -229,7 +228,7 @@ def test_burda_schedule() -> None:
         assert burda_lr_factor(start) == pytest.approx(10 ** (-i / 7))
         assert burda_lr_factor(start - 1) == pytest.approx(10 ** (-max(i - 1, 0) / 7))
     assert burda_lr_factor(BURDA_EPOCHS + 10) == pytest.approx(0.1)
-    config = LVMModule(lr=1e-3, lr_schedule="burda").configure_optimizers()
+    config = LVMModule(MixtureModel(), Exact(), lr=1e-3, lr_schedule="burda").configure_optimizers()
     scheduler = config["lr_scheduler"]
     for _ in range(4):
         scheduler.step()
@@ -246,7 +245,7 @@ def test_cosine_schedule_decays_from_lr_to_zero_over_the_runs_steps() -> None:
 
     record = RecordLR()
     trainer = pl.Trainer(max_epochs=3, logger=False, callbacks=[record], enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
-    module = LVMModule(lr=0.01, lr_schedule="cosine", adam_eps=1e-4)
+    module = LVMModule(MixtureModel(), Exact(), lr=0.01, lr_schedule="cosine", adam_eps=1e-4)
     trainer.fit(module, datamodule=GaussianMixtureData(num_train=200, num_val=50, num_test=50, batch_size=50))
     total = len(record.lrs)
     assert total == 12 and trainer.optimizers[0].param_groups[0]["eps"] == 1e-4
@@ -254,12 +253,9 @@ def test_cosine_schedule_decays_from_lr_to_zero_over_the_runs_steps() -> None:
     assert record.lrs == pytest.approx(expected) and trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0, abs=1e-12)
 
 
-def tiny_module(**kwargs) -> LVMModule:
-    args = dict(
-        data_dim=784, latent="gaussian", latent_dim=2, encoder_hidden=(8, 16), decoder_hidden=(16, 8), likelihood="bernoulli",
-        objective="importance_sampling", num_samples=2, eval_num_samples=4, network="conv", image_shape=(1, 28, 28), lr=1e-3,
-    )  # fmt: skip
-    return LVMModule(**{**args, **kwargs})
+def tiny_module(likelihood: str = "bernoulli") -> LVMModule:
+    lvm = VAE(784, 2, encoder_hidden=(8, 16), decoder_hidden=(16, 8), likelihood=likelihood, network="conv", image_shape=(1, 28, 28))
+    return LVMModule(lvm, ImportanceSampling(2), eval_num_samples=4, lr=1e-3)
 
 
 def test_grey_levels_take_a_continuous_likelihood_and_refuse_bernoulli(flat: Path, tmp_path: Path) -> None:
@@ -303,7 +299,7 @@ def test_callbacks_are_harmless_on_non_image_data(tmp_path: Path) -> None:
     logger = TensorBoardLogger(str(tmp_path / "runs"), name="mixture")
     callbacks = [ImageGrids(), LatentScatter(), ActiveUnits()]
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, logger=logger, callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(LVMModule(latent="categorical", objective="exact"), datamodule=GaussianMixtureData(num_train=200, num_val=50, num_test=50))
+    trainer.fit(LVMModule(MixtureModel(), Exact()), datamodule=GaussianMixtureData(num_train=200, num_val=50, num_test=50))
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     assert events.Tags()["images"] == [] and "val/active_units" not in events.Tags()["scalars"]
@@ -316,5 +312,5 @@ def test_image_configs_train_through_the_cli_on_a_flat_folder(config: str, flat:
     quick = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--model.eval_num_samples", "3"]
     main(["fit", "--config", str(CONFIGS / f"{config}.yaml"), *overrides, *quick])
     (checkpoint,) = (tmp_path / "runs" / config).glob("version_0/checkpoints/last.ckpt")
-    hparams = LVMModule.load_from_checkpoint(checkpoint).hparams
-    assert tuple(hparams.image_shape) == (1, 28, 28) and hparams.num_samples == (50 if config.endswith("iwae") else 1)
+    module = LVMModule.load_from_checkpoint(checkpoint)
+    assert module.lvm.decoder.family.num_params == 784 and module.estimator.num_samples == (50 if config.endswith("iwae") else 1)

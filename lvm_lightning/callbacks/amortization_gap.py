@@ -6,11 +6,13 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
-from torch import Tensor, nn
+from torch import nn
 
+from lvm_lightning.callbacks.due import DataCallback
+from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, summarize_sums
-from lvm_lightning.inference.local import Bound, Gradient, Init, Precision, Stopping
+from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.rng import seeded_fork
 
 
@@ -45,15 +47,16 @@ def refinement_figure(summary: dict[str, Any], ks: Sequence[int], epoch: int) ->
     return fig
 
 
-class AmortizationGap(pl.Callback):
+class AmortizationGap(DataCallback):
     """After every ``every_n_epochs`` training epochs, logs on the first ``num_points`` points of ``split``:
 
     gap/elbo_amortized = ELBO(q_φ), gap/elbo_optimized = ELBO(q*), gap/log_px, gap/amortization_gap =
     ELBO(q*) − ELBO(q_φ), gap/approximation_gap = log p(x) − ELBO(q*), seconds per point of each
-    inference, Adam steps and converged fraction of q*, and gap/refined_elbo/k=… after k steps from
-    q_φ, also drawn as the figure gap/refinement (0 turns it all off). Under DDP each rank takes
-    every world_size-th point and sums are all-reduced. The model's weights and modes, its optimizer and the training RNG stream are left
-    as they were: the RNG is forked and seeded with ``seed``, so every evaluation sees the same draws.
+    inference, Adam steps and converged fraction of q* (fit by ``optimizer``), and gap/refined_elbo/k=…
+    after k steps from q_φ, also drawn as the figure gap/refinement (0 turns it all off). Under DDP
+    each rank takes every world_size-th point and sums are all-reduced. The model's weights and
+    modes, its optimizer and the training RNG stream are left as they were: the RNG is forked and
+    seeded with ``seed``, so every evaluation sees the same draws.
     """
 
     def __init__(
@@ -61,16 +64,7 @@ class AmortizationGap(pl.Callback):
         every_n_epochs: int = 5,
         num_points: int = 256,
         split: Literal["val", "test"] = "val",
-        max_steps: int = 500,
-        num_samples: int = 10,
-        lr: Optional[float] = None,
-        bound: Bound = "elbo",
-        init: Init = "encoder",
-        stopping: Stopping = "point",
-        gradient: Gradient = "stl",
-        precision: Precision = "32",
-        check_every: int = 50,
-        patience: int = 5,
+        optimizer: LocalOptimizer = LocalOptimizer(),
         elbo_samples: int = 100,
         log_px_samples: int = 500,
         refine_steps: Sequence[int] = REFINE_STEPS,
@@ -83,31 +77,24 @@ class AmortizationGap(pl.Callback):
             raise UsageError(f"amortization_gap.split must be 'val' or 'test', got {split!r}")
         self.every_n_epochs, self.num_points, self.split, self.seed = every_n_epochs, num_points, split, seed
         self.elbo_samples, self.log_px_samples, self.chunk_size = elbo_samples, log_px_samples, chunk_size
-        self.refine_steps = [k for k in refine_steps if k <= max_steps]
-        self.optimizer = LocalOptimizer(num_samples, bound, init, lr, max_steps, check_every, patience, stopping, gradient, precision)
+        self.refine_steps = [k for k in refine_steps if k <= optimizer.max_steps]
+        self.optimizer = optimizer
+
+    def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
+        return None if self.every_n_epochs <= 0 or self.split in data.splits else f"the data module has no {self.split!r} split"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if self.every_n_epochs > 0 and self.num_points < trainer.world_size:
             raise UsageError(f"gap.num_points={self.num_points} leaves a rank without points: use at least {trainer.world_size}")
 
-    def _points(self, trainer: pl.Trainer, device: torch.device) -> Optional[Tensor]:
-        """This rank's shard of the fixed subset, or None when the data module keeps no ``splits``."""
-        splits = getattr(trainer.datamodule, "splits", None)
-        if not splits or self.split not in splits:
-            return None
-        return splits[self.split][: self.num_points][trainer.global_rank :: trainer.world_size].to(device)
-
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        x = self._points(trainer, pl_module.device)
-        if x is None:
+        if not self.active or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         device = pl_module.device
+        x = trainer.datamodule.splits[self.split][: self.num_points][trainer.global_rank :: trainer.world_size].to(device)
         with seeded_fork(device, self.seed), _evaluation_mode(pl_module), torch.enable_grad():
-            report = gap_decomposition(
-                pl_module.model, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size
-            )
+            report = gap_decomposition(pl_module.lvm, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size)
         sums = report.sums()
         totals = trainer.strategy.reduce(torch.stack(list(sums.values())), reduce_op="sum")
         summary = summarize_sums(dict(zip(sums, totals)))

@@ -1,26 +1,33 @@
 """For 2-D data: the data over the model's learned density, and over the true density where known."""
-import matplotlib
+from typing import Optional
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
 
-from lvm_lightning.callbacks.due import picture_due  # noqa: E402
-from lvm_lightning.inference import log_marginal  # noqa: E402
+from lvm_lightning.callbacks.due import DataCallback, picture_due
+from lvm_lightning.data.protocol import SplitData, true_log_prob
+from lvm_lightning.inference import log_marginal
+from lvm_lightning.models.lvm import LatentVariableModel
 
 
-class DensityPlot(pl.Callback):
+class DensityPlot(DataCallback):
     """Every ``every_n_epochs`` validation epochs, logs the figure 'density' (2-D data only; 0 turns it off)."""
 
     def __init__(self, every_n_epochs: int = 5, grid_size: int = 120, max_points: int = 2000) -> None:
         self.every_n_epochs, self.grid_size, self.max_points = every_n_epochs, grid_size, max_points
 
+    def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
+        if self.every_n_epochs <= 0:
+            return None
+        dim = data.splits["val"].shape[1]
+        return None if dim == 2 else f"the data are {dim}-D, it draws 2-D data"
+
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if getattr(datamodule, "data_dim", None) != 2 or not picture_due(trainer, self.every_n_epochs):
+        if not self.active or not picture_due(trainer, self.every_n_epochs):
             return
+        datamodule = trainer.datamodule
         points = datamodule.splits["val"][: self.max_points].cpu()
         lo, hi = points.min(0).values, points.max(0).values
         margin = 0.15 * (hi - lo)
@@ -28,17 +35,17 @@ class DensityPlot(pl.Callback):
         gx, gy = torch.meshgrid(*axes_values, indexing="xy")
         grid = torch.stack([gx.flatten(), gy.flatten()], dim=1)
         grid_on_device = grid.to(pl_module.device)
-        model = pl_module.model
+        model = pl_module.lvm
         # Exact where tractable, else importance-sampled from the amortized q with K = 64.
         panels = {"model": log_marginal(model, grid_on_device, model.posterior(grid_on_device), 64).cpu()}
-        if hasattr(datamodule, "true_log_prob"):
-            panels["true"] = datamodule.true_log_prob(grid)
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
-        for ax, (title, log_density) in zip(axes[0], panels.items()):
+        if datamodule.true_density is not None:
+            panels["true"] = true_log_prob(datamodule.true_density, grid)
+        # A bare Figure, not pyplot: the user's matplotlib backend is left alone.
+        fig = Figure(figsize=(5 * len(panels), 4.5))
+        for ax, (title, log_density) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
             ax.contourf(gx, gy, log_density.exp().reshape(gx.shape), levels=30, cmap="viridis")
             ax.scatter(points[:, 0], points[:, 1], s=2, c="white", alpha=0.4)
             ax.set_title(f"{title} density p(x), epoch {trainer.current_epoch}")
             ax.set_aspect("equal")
         fig.tight_layout()
         trainer.logger.experiment.add_figure("density", fig, global_step=trainer.global_step)
-        plt.close(fig)

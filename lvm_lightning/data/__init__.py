@@ -4,6 +4,7 @@ from lvm_lightning.data.in_memory import EpochPermutation, InMemoryDataModule, T
 from lvm_lightning.data.linear_gaussian import LinearGaussianData
 from lvm_lightning.data.mixture import GaussianMixtureData
 from lvm_lightning.data.numpy_file import NumpyData, load_array
+from lvm_lightning.data.protocol import SplitData, true_log_prob
 
 __all__ = [
     "EpochPermutation",
@@ -14,6 +15,8 @@ __all__ = [
     "LinearGaussianData",
     "MNISTData",
     "NumpyData",
+    "SplitData",
     "TensorLoader",
     "load_array",
+    "true_log_prob",
 ]

@@ -110,7 +110,6 @@ class ImageData(InMemoryDataModule):
         num_images = len(self.files["train"][0])
         if num_val >= num_images:
             raise UsageError(f"num_val={num_val} leaves no training images out of {num_images}: lower --data.num_val")
-        self.labels: dict[str, Tensor] = {}
 
     @property
     def data_dim(self) -> int:

@@ -11,6 +11,7 @@ from typing import Callable, Iterator, Optional, Union
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 from torch.utils.data import DataLoader
 
 from lvm_lightning.errors import UsageError
@@ -83,6 +84,7 @@ class InMemoryDataModule(pl.LightningDataModule):
     """Base class for data held as three tensors [N, D] (train, val, test): on the training device, or on the CPU behind a DataLoader."""
 
     image_shape: Optional[tuple[int, ...]] = None  # (C, H, W) when a row is a flattened image
+    true_density: Optional[Distribution] = None  # the data's own distribution, where known
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0, in_memory: bool = True) -> None:
         super().__init__()
@@ -90,6 +92,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             raise UsageError(f"batch sizes must be >= 1, got batch_size={batch_size} and eval_batch_size={eval_batch_size}")
         self.batch_size, self.eval_batch_size, self.seed, self.in_memory = batch_size, eval_batch_size, seed, in_memory
         self.splits: dict[str, Tensor] = {}
+        self.labels: dict[str, Tensor] = {}
 
     @property
     def data_dim(self) -> int:

@@ -12,6 +12,11 @@ class SyntheticData(InMemoryDataModule):
 
     distribution: Distribution
 
+    @property
+    def true_density(self) -> Distribution:
+        """The generating distribution: log p_data(x) is known exactly."""
+        return self.distribution
+
     def __init__(self, num_train: int, num_val: int, num_test: int, batch_size: int, eval_batch_size: int, seed: int) -> None:
         super().__init__(batch_size, eval_batch_size, seed)
         if min(num_train, num_val, num_test) < 1:
@@ -21,10 +26,6 @@ class SyntheticData(InMemoryDataModule):
     @property
     def data_dim(self) -> int:
         return self.distribution.event_shape[0]
-
-    def true_log_prob(self, x: Tensor) -> Tensor:
-        """log p_data(x) under the generating distribution, shape [B]."""
-        return self.distribution.log_prob(x.cpu()).to(x)
 
     def load_splits(self) -> dict[str, Tensor]:
         with torch.random.fork_rng(devices=[]):

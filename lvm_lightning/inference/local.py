@@ -67,7 +67,8 @@ class LocalOptimizer:
     Stops a point (``stopping="point"``) or the whole batch (``"batch"``) by the plateau rule of
     Cremer et al. (2018): every ``check_every`` steps the bound averaged over those steps is
     compared with its best so far, and after ``patience`` checks without improvement it stops;
-    ``max_steps`` caps it. A categorical q uses the exact enumerated ELBO (its optimum is the
+    ``max_steps`` caps it. The defaults are a cheap budget (seconds on a CPU), shared by the
+    gap callback and ``evaluate``; Cremer et al.'s is max_steps=5000, check_every=100, patience=10. A categorical q uses the exact enumerated ELBO (its optimum is the
     exact posterior, so the IWAE option does not apply).
     """
 
@@ -75,9 +76,9 @@ class LocalOptimizer:
     bound: Bound = "elbo"
     init: Init = "encoder"
     lr: Optional[float] = None  # None: step_size(model)
-    max_steps: int = 2000
-    check_every: int = 100
-    patience: int = 10
+    max_steps: int = 500
+    check_every: int = 50
+    patience: int = 5
     stopping: Stopping = "point"
     gradient: Gradient = "stl"
     precision: Precision = "32"
@@ -104,16 +105,14 @@ class LocalOptimizer:
 
     def posterior(self, model: LatentVariableModel, params: Tensor) -> Distribution:
         """q_λ for parameter rows ``params`` [N, P], through the encoder's family."""
-        return model.encoder.family(params)
+        return model.encoder.distribution(params)
 
     @torch.no_grad()
     def initial_params(self, model: LatentVariableModel, x: Tensor) -> Tensor:
-        """λ⁰ [N, P]: the encoder's output, or the parameters that make q_λ the prior (logits; or mean and log-std)."""
+        """λ⁰ [N, P]: the encoder's output, or the parameters that make q_λ the prior."""
         if self.init == "encoder":
-            return model.encoder.net(x).detach()
-        prior = model.prior()
-        params = prior.logits if model.discrete else torch.cat([prior.mean, prior.stddev.log()], -1)
-        return params.detach().expand(len(x), -1).clone()
+            return model.encoder.params(x).detach()
+        return model.encoder.prior_params(model.prior()).detach().expand(len(x), -1).clone()
 
     def objective(self, model: LatentVariableModel, x: Tensor, params: Tensor) -> Tensor:
         """L(λ_i; x_i) per point [N], θ held constant."""

@@ -1,5 +1,19 @@
-"""Priors, encoders, decoders and the latent variable model they make."""
-from lvm_lightning.models.build import build_model
+"""Priors, encoders, decoders and the latent variable models they make."""
+from lvm_lightning.models.builders import VAE, LinearGaussian, MixtureModel
+from lvm_lightning.models.families import BernoulliFamily, CategoricalFamily, ContinuousBernoulliFamily, DiagonalGaussian
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
+from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
 
-__all__ = ["Conditional", "LatentVariableModel", "build_model"]
+__all__ = [
+    "BernoulliFamily",
+    "CategoricalFamily",
+    "CategoricalPrior",
+    "Conditional",
+    "ContinuousBernoulliFamily",
+    "DiagonalGaussian",
+    "LatentVariableModel",
+    "LinearGaussian",
+    "MixtureModel",
+    "StandardNormalPrior",
+    "VAE",
+]

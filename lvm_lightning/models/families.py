@@ -10,7 +10,7 @@ from typing import Literal, Union
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Categorical, ContinuousBernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Categorical, ContinuousBernoulli, Distribution, Independent, Normal, constraints
 
 from lvm_lightning.errors import UsageError
 
@@ -46,6 +46,12 @@ class DiagonalGaussian(nn.Module):
             loc, scale = params, torch.full_like(params, float(self.std))
         return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
+    def params_of(self, distribution: Distribution) -> Tensor:
+        """The params [μ, log σ] (or μ) of a diagonal Gaussian ``distribution``."""
+        if self.std != "learned":
+            return distribution.mean
+        return torch.cat([distribution.mean, distribution.stddev.log()], -1)
+
 
 class CategoricalFamily(nn.Module):
     """Categorical over {0, …, num_categories−1} with probabilities softmax(params)."""
@@ -56,6 +62,10 @@ class CategoricalFamily(nn.Module):
 
     def forward(self, params: Tensor) -> Distribution:
         return Categorical(logits=params, validate_args=False)
+
+    def params_of(self, distribution: Distribution) -> Tensor:
+        """The normalized logits of a categorical ``distribution``."""
+        return distribution.logits
 
 
 class BernoulliFamily(nn.Module):
@@ -81,23 +91,17 @@ class ContinuousBernoulliFamily(nn.Module):
 
 
 LIKELIHOODS = ("gaussian", "bernoulli", "continuous_bernoulli")
+SUPPORTS = {constraints.boolean: "binary values {0, 1}", constraints.unit_interval: "values in [0, 1]"}
 
 
-TRAINING_HINT = (
-    "pass a --model.likelihood that holds the data (gaussian: any real values; continuous_bernoulli: [0, 1]), "
-    "or binarize them (images: --data.binarization dynamic)"
-)
-
-
-def check_support(likelihood: str, x: Tensor, where: str, hint: str = TRAINING_HINT) -> None:
-    """Raises UsageError, ending with ``hint``, unless every value of ``x`` lies in the support of p(x|·): {0, 1} for bernoulli, [0, 1] for continuous_bernoulli."""
-    if likelihood == "bernoulli" and not ((x == 0) | (x == 1)).all():
-        needs = "binary values {0, 1}"
-    elif likelihood == "continuous_bernoulli" and not ((x >= 0) & (x <= 1)).all():
-        needs = "values in [0, 1]"
-    else:
+def check_support(likelihood: Distribution, x: Tensor, where: str, hint: str) -> None:
+    """Raises UsageError, ending with ``hint``, unless every row of ``x`` lies in the support that ``likelihood`` declares."""
+    support = likelihood.support
+    if bool(support.check(x).all()):
         return
-    raise UsageError(f"likelihood {likelihood!r} needs {needs} but {where} has others: {hint}")
+    base = getattr(support, "base_constraint", support)
+    needs = SUPPORTS.get(base, f"values in {base}")
+    raise UsageError(f"the decoder's likelihood needs {needs} but {where} has others: {hint}")
 
 
 def likelihood_family(name: str, dim: int, std: GaussianStd = "learned") -> nn.Module:

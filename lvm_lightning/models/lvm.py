@@ -1,20 +1,38 @@
 """The latent variable model p_θ(x, z) = p(z) p_θ(x|z) with its amortized posterior q_φ(z|x)."""
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
-from torch.distributions import Categorical, Distribution
+from torch.distributions import Distribution
 from torch.func import functional_call
 
 
 class Conditional(nn.Module):
-    """A conditional distribution family(net(input)): encoders q_φ(z|x) and decoders p_θ(x|z) alike."""
+    """A conditional distribution family(net(input)): encoders q_φ(z|x) and decoders p_θ(x|z) alike.
+
+    As an encoder it is what per-point inference needs: ``params`` (unconstrained, [B, P]) for x,
+    ``distribution`` for any such rows, and ``prior_params`` that make it a given prior.
+    """
 
     def __init__(self, net: nn.Module, family: nn.Module) -> None:
         super().__init__()
         self.net = net
         self.family = family
 
+    def params(self, inputs: Tensor) -> Tensor:
+        """The family's unconstrained parameters for ``inputs``, shape [..., P]."""
+        return self.net(inputs)
+
+    def distribution(self, params: Tensor) -> Distribution:
+        """The distribution with parameter rows ``params`` [..., P]."""
+        return self.family(params)
+
+    def prior_params(self, prior: Distribution) -> Tensor:
+        """Parameters [P] for which ``distribution`` is ``prior`` (the start of per-point inference from the prior)."""
+        return self.family.params_of(prior)
+
     def forward(self, inputs: Tensor) -> Distribution:
-        return self.family(self.net(inputs))
+        return self.distribution(self.params(inputs))
 
 
 def _frozen(module: nn.Module) -> dict[str, Tensor]:
@@ -24,19 +42,26 @@ def _frozen(module: nn.Module) -> dict[str, Tensor]:
 class LatentVariableModel(nn.Module):
     """p_θ(x, z) = p(z) p_θ(x|z), with the amortized encoder q_φ(z|x).
 
-    Latent samples are shaped [K, B] (categorical) or [K, B, d] (continuous); data [B, D].
+    ``prior()`` returns p(z), ``decoder(z)`` p_θ(x|z) and ``encoder(x)`` q_φ(z|x), all torch
+    distributions; the encoder is a ``Conditional`` (or offers its three methods) for per-point
+    inference. Latent samples are shaped [K, B] (categorical) or [K, B, d] (continuous); data [B, D].
+    Build one from your own modules in YAML with ``class_path: lvm_lightning.models.LatentVariableModel``.
     """
 
-    def __init__(self, prior: nn.Module, decoder: Conditional, encoder: Conditional) -> None:
+    def __init__(self, prior: nn.Module, decoder: nn.Module, encoder: nn.Module) -> None:
         super().__init__()
         self.prior = prior
         self.decoder = decoder
         self.encoder = encoder
-        # Whether z is categorical, so that log p(x) = log Σ_z p(z) p(x|z) can be enumerated.
-        self.discrete: bool = isinstance(prior(), Categorical)
+        # Whether log p(x) = log Σ_z p(z) p(x|z) can be enumerated: asked of the prior, once.
+        self.discrete: bool = bool(prior().has_enumerate_support)
+
+    def marginal(self) -> Optional[Distribution]:
+        """p_θ(x) in closed form, for models that have one (the linear-Gaussian model); None otherwise."""
+        return None
 
     def support(self) -> Tensor:
-        """Every value of a categorical z, shaped [C, 1] to broadcast against a batch."""
+        """Every value of an enumerable z, shaped [C, 1] to broadcast against a batch."""
         return self.prior().enumerate_support(expand=False).reshape(-1, 1)
 
     def log_joint(self, x: Tensor, z: Tensor, frozen: bool = False) -> Tensor:

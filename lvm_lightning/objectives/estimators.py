@@ -1,7 +1,10 @@
-"""Estimators of log p_θ(x): exact enumeration, prior sampling and importance sampling.
+"""Estimators of log p_θ(x): exact enumeration (or a closed form), prior sampling, importance sampling and the ELBO.
 
-Each draws log-weights shaped [K, B] and reduces them over K; K is drawn in chunks so that
-memory stays bounded however large K is.
+An estimator is an object with one interface: ``estimate`` (the value log p̂(x) per point, with the
+log-weights it was reduced from), ``objective`` (the training surrogate for θ and φ beside that
+value, kept apart as Pyro keeps ``loss`` and ``differentiable_loss``), ``diagnostics`` (its own
+standard error and weight statistics) and ``check`` (whether it applies to a model). Sampled
+estimators draw log-weights shaped [K, B] in chunks, so memory stays bounded however large K is.
 """
 import math
 from dataclasses import dataclass
@@ -12,8 +15,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from lvm_lightning.errors import UsageError
-from lvm_lightning.models.closed_form import linear_gaussian_marginal, linear_gaussian_parameters
 from lvm_lightning.models.lvm import LatentVariableModel
+from lvm_lightning.objectives.encoder import EncoderObjective, resolve_encoder_objective, wake_objective
 
 DEFAULT_CHUNK_SIZE = 2**16
 
@@ -30,11 +33,6 @@ class Estimate:
         lw = self.log_weights
         return torch.exp(2 * lw.logsumexp(0) - (2 * lw).logsumexp(0))
 
-    def log_px_stderr(self) -> Tensor:
-        """Delta-method standard error of log p̂(x) per point: √((K/ESS − 1)/K), the spread of a repeat of the estimate."""
-        k = self.log_weights.shape[0]
-        return ((k / self.effective_sample_size() - 1).clamp(min=0) / k).sqrt()
-
     def log_weight_std(self) -> Tensor:
         """Standard deviation over k of log w_k per point: 0 when the proposal is the true posterior."""
         if self.log_weights.shape[0] < 2:
@@ -42,19 +40,95 @@ class Estimate:
         return self.log_weights.std(0)
 
 
+@dataclass
+class Objective:
+    """What a training step maximizes: ``surrogate`` [B], whose gradient trains θ and φ, and ``log_px`` [B], the estimate's value."""
+
+    surrogate: Tensor
+    log_px: Tensor
+
+
 class Estimator:
-    """Base class: log p̂(x) = reduce_k(log w_k) over K log-weights drawn ``chunk_size`` (sample × point) pairs at a time."""
+    """Base class. θ follows the estimate's gradient; φ follows it too where the estimate is reparameterized
+    in q_φ, and otherwise ``encoder_objective`` with θ held constant: ``elbo`` (reverse KL) or ``wake``
+    (forward KL, enumerated; the default for an enumerable z, see objectives/encoder.py)."""
 
     name = ""
 
-    def __init__(self, num_samples: int = 1, chunk_size: Optional[int] = None) -> None:
-        if num_samples < 1:
-            raise UsageError(f"{self.name} needs num_samples >= 1, got {num_samples}: pass K >= 1")
-        self.num_samples = num_samples
-        self.chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+    def __init__(self, encoder_objective: Optional[EncoderObjective] = None) -> None:
+        self.encoder_objective = encoder_objective
 
     def check(self, model: LatentVariableModel) -> None:
         """Raise UsageError if this estimator cannot be used with ``model``."""
+        resolve_encoder_objective(self.encoder_objective, model)
+
+    def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
+        """log p̂_θ(x) per point, with its log-weights."""
+        raise NotImplementedError
+
+    def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
+        """The estimate, plus the encoder's own signal (θ constant) since this estimate's gradient does not reach φ."""
+        log_px = self.estimate(model, x).log_px
+        return Objective(log_px + self.encoder_signal(model, x), log_px)
+
+    def encoder_signal(self, model: LatentVariableModel, x: Tensor) -> Tensor:
+        """The per-point quantity [B] whose maximization in φ trains the encoder when the estimate's gradient does not."""
+        if resolve_encoder_objective(self.encoder_objective, model) == "wake":
+            return wake_objective(model, x)
+        return amortized_elbo(model, x)
+
+    def stderr(self, estimate: Estimate) -> Tensor:
+        """The standard error of log p̂(x) per point: how far a repeat of the estimate would move."""
+        return torch.zeros_like(estimate.log_px)
+
+    def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
+        """Per-point diagnostics [B] by name, logged as ``STAGE/NAME/ESTIMATOR``."""
+        return {}
+
+
+class Exact(Estimator):
+    """log p(x) = log Σ_z p(z) p_θ(x|z) by enumerating z, or the model's closed-form marginal (``model.marginal()``) where it has one."""
+
+    name = "exact"
+
+    def check(self, model: LatentVariableModel) -> None:
+        super().check(model)
+        if model.marginal() is None and not model.discrete:
+            raise UsageError(
+                "the 'exact' estimator needs an enumerable latent (e.g. MixtureModel) or a model with a closed-form marginal "
+                "(e.g. LinearGaussian): choose PriorSampling or ImportanceSampling"
+            )
+
+    def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
+        marginal = model.marginal()
+        if marginal is not None:
+            log_weights = marginal.log_prob(x)[None]
+        else:
+            self.check(model)  # raises unless z is enumerable
+            log_weights = model.log_joint(x, model.support())
+        return Estimate(log_weights.logsumexp(0), log_weights)
+
+
+def tractable(model: LatentVariableModel) -> bool:
+    """Whether log p(x) has an exact form here (an enumerable z, or a closed-form marginal)."""
+    try:
+        Exact().check(model)
+    except UsageError:
+        return False
+    return True
+
+
+class SampledEstimator(Estimator):
+    """log p̂(x) = log (1/K) Σ_k w_k over K log-weights drawn ``chunk_size`` (sample × point) pairs at a time."""
+
+    def __init__(self, num_samples: int = 1, chunk_size: Optional[int] = None, encoder_objective: Optional[EncoderObjective] = None) -> None:
+        super().__init__(encoder_objective)
+        if num_samples < 1:
+            raise UsageError(f"{self.name} needs num_samples >= 1, got {num_samples}: pass K >= 1")
+        if chunk_size is not None and chunk_size < 1:
+            raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.num_samples = num_samples
+        self.chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         """A function k -> k fresh log-weights for every point, shape [k, B]."""
@@ -63,10 +137,6 @@ class Estimator:
     def reduce(self, log_weights: Tensor) -> Tensor:
         """log (1/K) Σ_k w_k."""
         return log_weights.logsumexp(0) - math.log(log_weights.shape[0])
-
-    def trains_encoder(self, model: LatentVariableModel) -> bool:
-        """Whether the gradient of this estimate also trains q_φ (reparameterized samples from q_φ)."""
-        return False
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         return self.collect(self.sampler(model, x), x.shape[0])
@@ -78,35 +148,21 @@ class Estimator:
         log_weights = torch.cat([draw(k) for k in sizes])
         return Estimate(self.reduce(log_weights), log_weights)
 
+    def stderr(self, estimate: Estimate) -> Tensor:
+        """Delta method for a log-mean-exp: √((K/ESS − 1)/K)."""
+        k = estimate.log_weights.shape[0]
+        return ((k / estimate.effective_sample_size() - 1).clamp(min=0) / k).sqrt()
 
-class Exact(Estimator):
-    """log p(x) = log Σ_z p(z) p_θ(x|z) by enumerating a categorical z; the closed form N(b, WWᵀ + σ²I) for the linear-Gaussian model."""
-
-    name = "exact"
-
-    def check(self, model: LatentVariableModel) -> None:
-        if not (model.discrete or linear_gaussian_parameters(model) is not None):
-            raise UsageError(
-                "the 'exact' objective needs a categorical latent (or the linear-Gaussian model): "
-                "set --model.latent categorical or choose prior_sampling / importance_sampling"
-            )
-
-    def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
-        self.check(model)
-        log_weights = model.log_joint(x, model.support()) if model.discrete else linear_gaussian_marginal(model).log_prob(x)[None]
-        return Estimate(log_weights.logsumexp(0), log_weights)
+    def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
+        """ESS/K, the spread of the log-weights, and the standard error."""
+        return {
+            "ess_fraction": estimate.effective_sample_size() / estimate.log_weights.shape[0],
+            "log_weight_std": estimate.log_weight_std(),
+            "log_px_stderr": self.stderr(estimate),
+        }
 
 
-def tractable(model: LatentVariableModel) -> bool:
-    """Whether log p(x) has an exact form here (categorical z, or the linear-Gaussian model)."""
-    try:
-        Exact().check(model)
-    except UsageError:
-        return False
-    return True
-
-
-class PriorSampling(Estimator):
+class PriorSampling(SampledEstimator):
     """log (1/K) Σ_k p_θ(x|z_k), z_k ~ p(z)."""
 
     name = "prior_sampling"
@@ -132,12 +188,15 @@ def importance_log_weights(
     """
     z = q.rsample((num,)) if q.has_rsample else q.sample((num,))
     log_q = (q if density is None else density).log_prob(z)
-    # Without reparameterization log q carries no valid gradient for φ; φ then learns from amortized_elbo.
+    # Without reparameterization log q carries no valid gradient for φ; φ then learns from the encoder objective.
     return model.log_joint(x, z, frozen) - (log_q if q.has_rsample else log_q.detach())
 
 
-class ImportanceSampling(Estimator):
-    """log (1/K) Σ_k p_θ(x, z_k) / q_φ(z_k|x), z_k ~ q_φ(z|x); K = 1 is the ELBO, and it is exact when q = p_θ(z|x)."""
+class ImportanceSampling(SampledEstimator):
+    """log (1/K) Σ_k p_θ(x, z_k) / q_φ(z_k|x), z_k ~ q_φ(z|x); K = 1 is the ELBO, and it is exact when q = p_θ(z|x).
+
+    With a reparameterizable q the bound trains φ as well (IWAE; K = 1 is the VAE); otherwise φ follows ``encoder_objective``.
+    """
 
     name = "importance_sampling"
 
@@ -151,8 +210,12 @@ class ImportanceSampling(Estimator):
         """The same estimate with z_k ~ q for any proposal q of batch shape [B] (amortized or per-point); see importance_log_weights."""
         return self.collect(lambda k: importance_log_weights(model, x, q, k, frozen, density), x.shape[0])
 
-    def trains_encoder(self, model: LatentVariableModel) -> bool:
-        return not model.discrete
+    def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
+        q = model.posterior(x)
+        log_px = self.estimate_with(model, x, q).log_px
+        if q.has_rsample:
+            return Objective(log_px, log_px)
+        return Objective(log_px + self.encoder_signal(model, x), log_px)
 
 
 class ELBO(ImportanceSampling):
@@ -163,25 +226,35 @@ class ELBO(ImportanceSampling):
     def reduce(self, log_weights: Tensor) -> Tensor:
         return log_weights.mean(0)
 
+    def stderr(self, estimate: Estimate) -> Tensor:
+        """The standard error of a mean: std_k(log w_k) / √K."""
+        return estimate.log_weight_std() / math.sqrt(estimate.log_weights.shape[0])
 
-ESTIMATORS = {cls.name: cls for cls in (Exact, PriorSampling, ImportanceSampling, ELBO)}
+    def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
+        """The spread of the log-weights and the standard error (an ESS says nothing about a mean of log-weights)."""
+        return {"log_weight_std": estimate.log_weight_std(), "log_px_stderr": self.stderr(estimate)}
 
 
-def make_estimator(name: str, num_samples: int = 1, chunk_size: Optional[int] = None) -> Estimator:
-    """The estimator called ``name`` with K = ``num_samples``."""
-    if name not in ESTIMATORS:
-        raise UsageError(f"unknown estimator {name!r}: choose one of {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name](num_samples, chunk_size)
+def elbo(model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: int = 1) -> Tensor:
+    """ELBO(q) = E_q[log p_θ(x, z) − log q(z)] with θ constant, shape [B] (= log p(x) − KL(q || p_θ(z|x))), for any q of batch shape [B].
+
+    An enumerable z is summed over exactly (no score-function noise); otherwise ``num_samples``
+    reparameterized log-weights are averaged.
+    """
+    if model.discrete:
+        support = model.support()
+        log_joint = model.log_joint(x, support, frozen=True)  # [C, B]
+        log_q = q.log_prob(support)  # [C, B]
+        return (log_q.exp() * (log_joint - log_q)).sum(0)
+    return ELBO(num_samples).estimate_with(model, x, q, frozen=True).log_px
+
+
+def amortized_elbo(model: LatentVariableModel, x: Tensor) -> Tensor:
+    """ELBO(q_φ) with θ constant, shape [B]: ``elbo`` with the encoder's q_φ(z|x)."""
+    return elbo(model, x, model.posterior(x))
 
 
 def evaluation_estimators(model: LatentVariableModel, num_samples: int, chunk_size: Optional[int] = None) -> list[Estimator]:
     """Every estimate that applies to ``model``: exact when tractable, prior- and importance-sampled at K, and the ELBO."""
-    candidates = [Exact(), PriorSampling(num_samples, chunk_size), ImportanceSampling(num_samples, chunk_size), ELBO(num_samples, chunk_size)]
-    usable = []
-    for estimator in candidates:
-        try:
-            estimator.check(model)
-        except UsageError:
-            continue
-        usable.append(estimator)
-    return usable
+    sampled = [PriorSampling(num_samples, chunk_size), ImportanceSampling(num_samples, chunk_size), ELBO(num_samples, chunk_size)]
+    return ([Exact()] if tractable(model) else []) + sampled

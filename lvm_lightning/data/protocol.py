@@ -1,0 +1,29 @@
+"""What the module, the callbacks and ``evaluate`` read from a data module, as one typed protocol."""
+from typing import Callable, Optional, Protocol, runtime_checkable
+
+from torch import Tensor
+from torch.distributions import Distribution
+
+
+@runtime_checkable
+class SplitData(Protocol):
+    """Data held as tensors: ``splits`` {'train', 'val', 'test'} of rows [N, D] once set up, and what the pictures need.
+
+    ``labels`` per split (may be empty), ``image_shape`` (C, H, W) of a flattened row or None,
+    ``true_density`` the data's own distribution where known (synthetic data) or None, and
+    ``transform(split)``, applied to every batch drawn from a split (None: batches are the stored values).
+    ``InMemoryDataModule`` implements it; a data module of your own can too.
+    """
+
+    splits: dict[str, Tensor]
+    labels: dict[str, Tensor]
+    image_shape: Optional[tuple[int, ...]]
+    true_density: Optional[Distribution]
+    eval_batch_size: int
+
+    def transform(self, split: str) -> Optional[Callable[[Tensor], Tensor]]: ...
+
+
+def true_log_prob(density: Distribution, x: Tensor) -> Tensor:
+    """log p_data(x) [B] on x's device (a data module keeps its true density on the CPU)."""
+    return density.log_prob(x.cpu()).to(x)

@@ -1,0 +1,144 @@
+"""Short forms for the common models, each a LatentVariableModel built from plain values (YAML ``class_path`` + ``init_args``).
+
+``MixtureModel`` (categorical z), ``VAE`` (Gaussian z, MLP or convolutional networks) and
+``LinearGaussian`` (x = Wz + b + ε, with its closed-form marginal). ``data_dim`` and
+``image_shape`` are linked from the data module by the command line.
+"""
+import math
+from typing import Literal, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, MultivariateNormal
+
+from lvm_lightning.errors import UsageError
+from lvm_lightning.models.conv import ConvDecoder, ConvEncoder
+from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, likelihood_family
+from lvm_lightning.models.lvm import Conditional, LatentVariableModel
+from lvm_lightning.models.networks import mlp
+from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
+
+Network = Literal["mlp", "conv"]
+Likelihood = Literal["gaussian", "bernoulli", "continuous_bernoulli"]
+
+
+def networks(
+    data_dim: int,
+    latent_dim: int,
+    encoder_out: int,
+    decoder_out: int,
+    encoder_hidden: Sequence[int],
+    decoder_hidden: Sequence[int],
+    activation: str,
+    categorical: bool,
+    network: Network,
+    image_shape: Optional[Sequence[int]],
+) -> tuple[nn.Module, nn.Module]:
+    """(encoder net: x -> encoder_out params, decoder net: z -> decoder_out params), MLPs or stride-2 convolutions over images."""
+    if data_dim < 1 or latent_dim < 1:
+        raise UsageError(f"data_dim and latent_dim must be >= 1, got {data_dim} and {latent_dim}")
+    if network == "mlp":
+        return mlp(data_dim, encoder_out, encoder_hidden, activation), mlp(latent_dim, decoder_out, decoder_hidden, activation, categorical)
+    if network != "conv":
+        raise UsageError(f"unknown network {network!r}: choose 'mlp' or 'conv'")
+    if image_shape is None:
+        raise UsageError("network 'conv' needs image data (a data module with image_shape, e.g. MNISTData): use network 'mlp'")
+    if math.prod(image_shape) != data_dim:
+        raise UsageError(f"image_shape {tuple(image_shape)} has {math.prod(image_shape)} pixels but data_dim is {data_dim}")
+    if not encoder_hidden or not decoder_hidden:
+        raise UsageError("network 'conv' needs at least one channel count in encoder_hidden and in decoder_hidden, e.g. [32, 64] and [64, 32]")
+    encoder = ConvEncoder(image_shape, encoder_out, encoder_hidden, activation)
+    return encoder, ConvDecoder(latent_dim, image_shape, decoder_out, decoder_hidden, activation, categorical_input=categorical)
+
+
+class MixtureModel(LatentVariableModel):
+    """z ∈ {0, …, C−1} with p(z) = softmax(logits), p_θ(x|z) = likelihood(net(z)); q_φ(z|x) categorical.
+
+    With no decoder hidden layers the decoder is a table, one parameter row per component: with a
+    Gaussian likelihood this is a Gaussian mixture with C components, whose log p(x) is enumerated exactly.
+    """
+
+    def __init__(
+        self,
+        data_dim: int = 2,
+        num_components: int = 16,
+        learn_prior: bool = True,
+        encoder_hidden: Sequence[int] = (64, 64),
+        decoder_hidden: Sequence[int] = (),
+        activation: str = "relu",
+        likelihood: Likelihood = "gaussian",
+        decoder_std: GaussianStd = "learned",
+        network: Network = "mlp",
+        image_shape: Optional[Sequence[int]] = None,
+    ) -> None:
+        observation = likelihood_family(likelihood, data_dim, decoder_std)
+        posterior = CategoricalFamily(num_components)
+        encoder_net, decoder_net = networks(
+            data_dim, num_components, posterior.num_params, observation.num_params, encoder_hidden, decoder_hidden, activation, True, network, image_shape
+        )
+        super().__init__(CategoricalPrior(num_components, learn=learn_prior), Conditional(decoder_net, observation), Conditional(encoder_net, posterior))
+
+
+class VAE(LatentVariableModel):
+    """z ~ N(0, I_d), p_θ(x|z) = likelihood(decoder(z)), q_φ(z|x) = N(μ_φ(x), diag σ_φ²(x)) (Kingma & Welling, 2014).
+
+    ``network`` 'conv' uses stride-2 convolutions over images of ``image_shape`` (C, H, W); then
+    ``encoder_hidden`` and ``decoder_hidden`` are their channels.
+    """
+
+    def __init__(
+        self,
+        data_dim: int = 2,
+        latent_dim: int = 2,
+        encoder_hidden: Sequence[int] = (64, 64),
+        decoder_hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        likelihood: Likelihood = "gaussian",
+        decoder_std: GaussianStd = "learned",
+        network: Network = "mlp",
+        image_shape: Optional[Sequence[int]] = None,
+    ) -> None:
+        observation = likelihood_family(likelihood, data_dim, decoder_std)
+        posterior = DiagonalGaussian(latent_dim)
+        encoder_net, decoder_net = networks(
+            data_dim, latent_dim, posterior.num_params, observation.num_params, encoder_hidden, decoder_hidden, activation, False, network, image_shape
+        )
+        super().__init__(StandardNormalPrior(latent_dim), Conditional(decoder_net, observation), Conditional(encoder_net, posterior))
+
+
+class LinearGaussian(LatentVariableModel):
+    """x = Wz + b + ε, z ~ N(0, I_d), ε ~ N(0, σ²I) (probabilistic PCA), with a diagonal Gaussian q_φ(z|x) from an MLP (linear by default).
+
+    σ is one learned scalar (``noise_std="shared"``) or a fixed positive number; log p(x) is closed-form.
+    """
+
+    def __init__(
+        self, data_dim: int = 2, latent_dim: int = 1, noise_std: GaussianStd = "shared", encoder_hidden: Sequence[int] = (), activation: str = "relu"
+    ) -> None:
+        if noise_std == "learned":
+            raise UsageError("the linear-Gaussian model shares one σ: pass noise_std 'shared' or a positive number")
+        posterior = DiagonalGaussian(latent_dim)
+        encoder_net, decoder_net = networks(data_dim, latent_dim, posterior.num_params, data_dim, encoder_hidden, (), activation, False, "mlp", None)
+        super().__init__(StandardNormalPrior(latent_dim), Conditional(decoder_net, DiagonalGaussian(data_dim, noise_std)), Conditional(encoder_net, posterior))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W, [D, d]."""
+        return self.decoder.net[0].weight
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """b, [D]."""
+        return self.decoder.net[0].bias
+
+    @property
+    def noise_std(self) -> torch.Tensor:
+        """σ, a scalar tensor."""
+        family = self.decoder.family
+        return family.log_std.exp() if family.std == "shared" else torch.tensor(float(family.std)).to(self.weight)
+
+    def marginal(self) -> Distribution:
+        """p(x) = N(b, W Wᵀ + σ² I)."""
+        W = self.weight
+        eye = torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
+        return MultivariateNormal(self.bias, covariance_matrix=W @ W.T + self.noise_std**2 * eye)
