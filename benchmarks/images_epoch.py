@@ -26,13 +26,11 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lvm_lightning.data import FashionMNISTData  # noqa: E402
-from lvm_lightning.models import build_model  # noqa: E402
+from lvm_lightning.cli import build_module  # noqa: E402
 from lvm_lightning.models.lvm import LatentVariableModel  # noqa: E402
-from lvm_lightning.module import LVMModule  # noqa: E402
 from lvm_lightning.timing import synchronize  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion_mnist_iwae.yaml"
-BUILD_ARGS = ("latent", "latent_dim", "encoder_hidden", "decoder_hidden", "activation", "likelihood")
 
 
 class StepTimer(pl.Callback):
@@ -52,6 +50,13 @@ class StepTimer(pl.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
+def with_k(model_section: dict, k: int) -> dict:
+    """The config's model section with the estimator's K set to ``k``."""
+    estimator = dict(model_section["estimator"])
+    estimator["init_args"] = {**estimator.get("init_args", {}), "num_samples": k}
+    return {**model_section, "estimator": estimator}
+
+
 def lightning_seconds(model_args: dict, data: FashionMNISTData, device: torch.device, warmup: int, steps: int) -> float:
     """Seconds for ``steps`` training steps of LVMModule under pl.Trainer."""
     torch.manual_seed(0)
@@ -62,7 +67,7 @@ def lightning_seconds(model_args: dict, data: FashionMNISTData, device: torch.de
             logger=TensorBoardLogger(logs), log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False,
         )  # fmt: skip
-        trainer.fit(LVMModule(data_dim=784, **model_args), datamodule=data)
+        trainer.fit(build_module(model_args, 784), datamodule=data)
     return timer.seconds
 
 
@@ -77,7 +82,7 @@ def iwae_loss(model: LatentVariableModel, x: Tensor, k: int) -> Tensor:
 def plain_seconds(model_args: dict, train: Tensor, batch_size: int, device: torch.device, warmup: int, steps: int) -> float:
     """Seconds for ``steps`` steps of a hand-written loop: index a permutation, binarize on the device, Adam."""
     torch.manual_seed(0)
-    model = build_model(784, **{name: model_args[name] for name in BUILD_ARGS}).to(device)
+    model = build_module(model_args, 784).lvm.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=model_args["lr"])
     batches = torch.randperm(len(train), device=device).split(batch_size)
     for step in range(warmup + steps):
@@ -85,7 +90,7 @@ def plain_seconds(model_args: dict, train: Tensor, batch_size: int, device: torc
             synchronize(device)
             start = time.perf_counter()
         x = torch.bernoulli(train[batches[step % len(batches)]])
-        loss = iwae_loss(model, x, model_args["num_samples"])
+        loss = iwae_loss(model, x, model_args["estimator"]["init_args"]["num_samples"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -115,7 +120,7 @@ def main() -> None:
           f"{args.steps} timed steps after {args.warmup}, best of {args.repeats}; load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     rows = []
     for k in args.ks:
-        run_args = {**model_args, "num_samples": k}
+        run_args = with_k(model_args, k)
         ours, plain = math.inf, math.inf
         for _ in range(args.repeats):
             plain = min(plain, plain_seconds(run_args, train, args.batch_size, device, args.warmup, args.steps))

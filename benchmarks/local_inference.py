@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from lvm_lightning.inference import LocalOptimizer
-from lvm_lightning.models import build_model
+from lvm_lightning.models import VAE
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import elbo
 from lvm_lightning.timing import timed
@@ -96,12 +96,13 @@ def plateau(model: LatentVariableModel, x: Tensor, reference: LocalOptimizer) ->
 
 def load(checkpoint: str, points: int) -> tuple[LatentVariableModel, Tensor]:
     """A trained model and the first ``points`` rows of its validation split."""
-    from lvm_lightning.evaluate import _datamodule
+    from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint
+    from lvm_lightning.evaluate import run_data
     from lvm_lightning.module import LVMModule
 
-    model = LVMModule.load_from_checkpoint(checkpoint, map_location="cpu").model.eval()
-    data = _datamodule(torch.load(checkpoint, map_location="cpu", weights_only=False))
-    return model, data.splits["val"][:points]
+    model = LVMModule.load_from_checkpoint(checkpoint, map_location="cpu").lvm.eval()
+    data = checkpoint_bytes(checkpoint)
+    return model, run_data(data, read_checkpoint(data, checkpoint)).splits["val"][:points]
 
 
 def main() -> None:
@@ -124,7 +125,7 @@ def main() -> None:
     if args.checkpoint:
         model, x = load(args.checkpoint, args.points)
     else:
-        model = build_model(784, "gaussian", 50, encoder_hidden=(200, 200), decoder_hidden=(200, 200), activation="tanh", likelihood="bernoulli").eval()
+        model = VAE(784, 50, encoder_hidden=(200, 200), decoder_hidden=(200, 200), activation="tanh", likelihood="bernoulli").eval()
         x = torch.bernoulli(torch.full((args.points, 784), 0.3))
     # θ frozen for every method: the hand-written loops then skip θ's gradients, as LocalOptimizer does.
     model, x = model.to(device).requires_grad_(False), x.to(device)

@@ -58,7 +58,7 @@ def read_checkpoint(data: bytes, source: str, trusted: Sequence[str] = ()) -> di
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        found = re.search(r"unsupported (?:global:? )?GLOBAL (\S+)", str(error), re.IGNORECASE)
         what = f"the Python object {found.group(1)}" if found else "Python objects"
         raise UsageError(
             f"{source!r} holds {what}, which a safe load refuses: lvm_lightning checkpoints hold only tensors and plain values; do not load it"

@@ -1,11 +1,13 @@
 """LightningCLI for lvm_lightning: ``lvm-train`` (or ``python train.py``) trains the default mixture model."""
+import copy
 import logging
+import os
 import sys
 from argparse import ArgumentError
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-from jsonargparse import lazy_instance
+from jsonargparse import ArgumentParser, lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -66,9 +68,20 @@ class LVMCLI(LightningCLI):
         self._say("checkpoints: {log_dir}/checkpoints  (evaluate: lvm-evaluate CKPT)")
 
 
+def build_module(model_section: dict[str, Any], data_dim: int) -> LVMModule:
+    """The LVMModule that a config's ``model`` section (class paths and init args) describes, with ``data_dim`` linked in as the CLI does."""
+    section = copy.deepcopy(model_section)
+    section["lvm"].setdefault("init_args", {})["data_dim"] = data_dim
+    parser = ArgumentParser()
+    parser.add_class_arguments(LVMModule, "model")
+    return parser.instantiate_classes(parser.parse_object({"model": section})).model
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point: runs ``fit`` when no subcommand is given, and turns UsageError into one line and exit code 2."""
     argv = sys.argv[1:] if args is None else list(args)
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # class paths of the user's own files in the working folder, as `python -m` would find them
     # "Seed set to 0" on stderr would stand before our one-line errors; the seed is in the saved config anyway.
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):

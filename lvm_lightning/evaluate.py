@@ -58,8 +58,9 @@ def check_device(device: str) -> None:
         raise UsageError(f"--device {device} but torch sees no CUDA GPU here: pass --device cpu")
 
 
-def test_split(data: bytes, checkpoint: dict[str, Any]) -> SplitData:
-    """The training run's data module, rebuilt by Lightning from the class path and arguments stored in the checkpoint, set up."""
+def run_data(data: bytes, checkpoint: dict[str, Any]) -> SplitData:
+    """The training run's data module, rebuilt by Lightning from the class path and arguments stored in the checkpoint
+    (``data``, its bytes, read and checked by ``read_checkpoint`` into ``checkpoint``), with its splits loaded."""
     if "_class_path" not in checkpoint.get("datamodule_hyper_parameters", {}):
         raise UsageError("this checkpoint does not record its data module's class: pass --data_path FILE.npy to evaluate on your own data")
     datamodule = pl.LightningDataModule.load_from_checkpoint(io.BytesIO(data), weights_only=True)
@@ -102,7 +103,7 @@ def evaluate_checkpoint(
         x = load_array(data_path)
         report["data"] = {"path": data_path}
     else:
-        datamodule = test_split(data, checkpoint)
+        datamodule = run_data(data, checkpoint)
         x = datamodule.splits["test"]
         report["data"] = {"class": checkpoint["datamodule_hyper_parameters"]["_class_path"], "split": "test"}
     x = x.to(device)
@@ -132,8 +133,9 @@ def format_table(report: dict[str, Any]) -> str:
 def parser() -> ArgumentParser:
     """The command line: the arguments of ``evaluate_checkpoint``, q*'s settings as ``--gap.NAME``, and ``--output``."""
     parser = ArgumentParser(prog="lvm-evaluate", description=__doc__.splitlines()[0], exit_on_error=False)
-    parser.add_function_arguments(evaluate_checkpoint, as_positional=True, skip={"device"})
+    parser.add_function_arguments(evaluate_checkpoint, as_positional=True, skip={"device", "trust"})
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--trust", type=str, nargs="+", default=[], help="modules (or classes) of your own that the checkpoint may name")
     parser.add_argument("--output", type=Optional[str], help="also write the report to this JSON file")
     return parser
 

@@ -30,15 +30,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def module_from_config(config: Path, data_dim: int) -> "LVMModule":
-    """The LVMModule that a shipped config's ``model`` section describes, instantiated by jsonargparse as LightningCLI does."""
+
+def module_from_config(config: Path, data_dim: int) -> "LVMModule":  # noqa: F821
+    """The LVMModule that a shipped config describes."""
     import yaml
-    from jsonargparse import ArgumentParser
 
-    from lvm_lightning import LVMModule
+    from lvm_lightning.cli import build_module
 
-    section = yaml.safe_load(config.read_text())["model"]
-    section["lvm"].setdefault("init_args", {})["data_dim"] = data_dim
-    parser = ArgumentParser()
-    parser.add_class_arguments(LVMModule, "model")
-    return parser.instantiate_classes(parser.parse_object({"model": section})).model
+    return build_module(yaml.safe_load(config.read_text())["model"], data_dim)

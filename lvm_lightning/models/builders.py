@@ -37,8 +37,10 @@ def networks(
     """(encoder net: x -> encoder_out params, decoder net: z -> decoder_out params), MLPs or stride-2 convolutions over images."""
     if data_dim < 1 or latent_dim < 1:
         raise UsageError(f"data_dim and latent_dim must be >= 1, got {data_dim} and {latent_dim}")
+    # The decoder first, then the encoder: the order in which they draw their initial weights from the seed.
     if network == "mlp":
-        return mlp(data_dim, encoder_out, encoder_hidden, activation), mlp(latent_dim, decoder_out, decoder_hidden, activation, categorical)
+        decoder = mlp(latent_dim, decoder_out, decoder_hidden, activation, categorical)
+        return mlp(data_dim, encoder_out, encoder_hidden, activation), decoder
     if network != "conv":
         raise UsageError(f"unknown network {network!r}: choose 'mlp' or 'conv'")
     if image_shape is None:
@@ -47,8 +49,8 @@ def networks(
         raise UsageError(f"image_shape {tuple(image_shape)} has {math.prod(image_shape)} pixels but data_dim is {data_dim}")
     if not encoder_hidden or not decoder_hidden:
         raise UsageError("network 'conv' needs at least one channel count in encoder_hidden and in decoder_hidden, e.g. [32, 64] and [64, 32]")
-    encoder = ConvEncoder(image_shape, encoder_out, encoder_hidden, activation)
-    return encoder, ConvDecoder(latent_dim, image_shape, decoder_out, decoder_hidden, activation, categorical_input=categorical)
+    decoder = ConvDecoder(latent_dim, image_shape, decoder_out, decoder_hidden, activation, categorical_input=categorical)
+    return ConvEncoder(image_shape, encoder_out, encoder_hidden, activation), decoder
 
 
 class MixtureModel(LatentVariableModel):
@@ -76,7 +78,7 @@ class MixtureModel(LatentVariableModel):
         encoder_net, decoder_net = networks(
             data_dim, num_components, posterior.num_params, observation.num_params, encoder_hidden, decoder_hidden, activation, True, network, image_shape
         )
-        super().__init__(CategoricalPrior(num_components, learn=learn_prior), Conditional(decoder_net, observation), Conditional(encoder_net, posterior))
+        super().__init__(CategoricalPrior(num_components, learn=learn_prior), Conditional(decoder_net, observation), Conditional(encoder_net, posterior), data_dim)
 
 
 class VAE(LatentVariableModel):
@@ -103,7 +105,7 @@ class VAE(LatentVariableModel):
         encoder_net, decoder_net = networks(
             data_dim, latent_dim, posterior.num_params, observation.num_params, encoder_hidden, decoder_hidden, activation, False, network, image_shape
         )
-        super().__init__(StandardNormalPrior(latent_dim), Conditional(decoder_net, observation), Conditional(encoder_net, posterior))
+        super().__init__(StandardNormalPrior(latent_dim), Conditional(decoder_net, observation), Conditional(encoder_net, posterior), data_dim)
 
 
 class LinearGaussian(LatentVariableModel):
@@ -119,7 +121,7 @@ class LinearGaussian(LatentVariableModel):
             raise UsageError("the linear-Gaussian model shares one σ: pass noise_std 'shared' or a positive number")
         posterior = DiagonalGaussian(latent_dim)
         encoder_net, decoder_net = networks(data_dim, latent_dim, posterior.num_params, data_dim, encoder_hidden, (), activation, False, "mlp", None)
-        super().__init__(StandardNormalPrior(latent_dim), Conditional(decoder_net, DiagonalGaussian(data_dim, noise_std)), Conditional(encoder_net, posterior))
+        super().__init__(StandardNormalPrior(latent_dim), Conditional(decoder_net, DiagonalGaussian(data_dim, noise_std)), Conditional(encoder_net, posterior), data_dim)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -6,6 +6,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.func import functional_call
 
+from lvm_lightning.errors import UsageError
+
 
 class Conditional(nn.Module):
     """A conditional distribution family(net(input)): encoders q_φ(z|x) and decoders p_θ(x|z) alike.
@@ -46,15 +48,21 @@ class LatentVariableModel(nn.Module):
     distributions; the encoder is a ``Conditional`` (or offers its three methods) for per-point
     inference. Latent samples are shaped [K, B] (categorical) or [K, B, d] (continuous); data [B, D].
     Build one from your own modules in YAML with ``class_path: lvm_lightning.models.LatentVariableModel``.
+    ``data_dim`` (linked from the data by the command line) is checked against the decoder's rows.
     """
 
-    def __init__(self, prior: nn.Module, decoder: nn.Module, encoder: nn.Module) -> None:
+    def __init__(self, prior: nn.Module, decoder: nn.Module, encoder: nn.Module, data_dim: Optional[int] = None) -> None:
         super().__init__()
         self.prior = prior
         self.decoder = decoder
         self.encoder = encoder
         # Whether log p(x) = log Σ_z p(z) p(x|z) can be enumerated: asked of the prior, once.
         self.discrete: bool = bool(prior().has_enumerate_support)
+        if data_dim is not None:
+            with torch.no_grad():
+                rows = tuple(decoder(prior().sample((1,))).event_shape)
+            if rows != (data_dim,):
+                raise UsageError(f"the decoder gives rows of shape {rows} but the data have {data_dim} columns: set its output size to {data_dim}")
 
     def marginal(self) -> Optional[Distribution]:
         """p_θ(x) in closed form, for models that have one (the linear-Gaussian model); None otherwise."""
