@@ -9,6 +9,7 @@ validation is off in both. The best of ``repeats`` alternating runs is kept, aga
 other processes. Lightning runs as train.py does (TensorBoard logger, metrics every 10 steps) but
 without checkpointing or progress bar.
 """
+
 import argparse
 import math
 import os
@@ -25,8 +26,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lvm_lightning.data import FashionMNISTData  # noqa: E402
 from lvm_lightning.cli import build_module  # noqa: E402
+from lvm_lightning.data import FashionMNISTData  # noqa: E402
 from lvm_lightning.models.lvm import LatentVariableModel  # noqa: E402
 from lvm_lightning.timing import synchronize  # noqa: E402
 

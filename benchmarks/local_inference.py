@@ -17,6 +17,7 @@ trained ``--checkpoint``) runs the plateau rule to convergence with whole-batch 
 (the reference), per-point stopping, and per-point stopping in bfloat16, and reports each one's
 seconds and its ELBO(q*) (1000 samples) minus the reference's, paired over points.
 """
+
 import argparse
 import json
 import sys
@@ -143,7 +144,9 @@ def main() -> None:
         "local": seconds_after_warmup(lambda: fixed.fit(model, x), device, lambda: replace(fixed, **short).fit(model, x)),
         "local_bf16": seconds_after_warmup(lambda: bf16.fit(model, x), device, lambda: replace(bf16, **short).fit(model, x)),
         "plain": seconds_after_warmup(lambda: plain_steps(model, x, steps, k, args.lr), device, lambda: plain_steps(model, x, 2, k, args.lr)),
-        "serial": seconds_after_warmup(lambda: serial_steps(model, x[: args.serial_points], steps, k, args.lr), device, lambda: plain_steps(model, x[:1], 2, k, args.lr))
+        "serial": seconds_after_warmup(
+            lambda: serial_steps(model, x[: args.serial_points], steps, k, args.lr), device, lambda: plain_steps(model, x[:1], 2, k, args.lr)
+        )
         * n
         / args.serial_points,
     }

@@ -5,6 +5,7 @@ arbitrary objects), and every class it names (the ``class_path`` entries that Li
 for each part, and Lightning's instantiator) must be lvm_lightning's own, torch.nn's, or under a
 module the user trusts by name. Only then is anything imported or called.
 """
+
 import importlib
 import io
 import pickle

@@ -1,4 +1,5 @@
 """LightningCLI for lvm_lightning: ``lvm-train`` (or ``python train.py``) trains the default mixture model."""
+
 import copy
 import logging
 import os
@@ -107,3 +108,7 @@ def main(args: Optional[list[str]] = None) -> None:
             message = " ".join(str(error).split()) + " (lvm-train fit --help lists every option)"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
 """Process-group clean-up for DDP on CPU (gloo)."""
+
 import atexit
 
 import torch

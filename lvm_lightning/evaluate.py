@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: every applicable estimate of log p(x), and the amortization gap, on its test split or on a .npy file.
 
-    lvm-evaluate CKPT [--data_path FILE.npy] [--num_samples K] [--gap_points N] [--gap.max_steps S] [--trust MODULE] [--output FILE.json]
+lvm-evaluate CKPT [--data_path FILE.npy] [--num_samples K] [--gap_points N] [--gap.max_steps S] [--trust MODULE] [--output FILE.json]
 """
+
 import io
 import json
 import math

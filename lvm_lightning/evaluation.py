@@ -1,4 +1,5 @@
 """The evaluation core shared by validation, testing and ``evaluate``: every estimator's per-point values on one batch."""
+
 from dataclasses import dataclass
 
 from torch import Tensor

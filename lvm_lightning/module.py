@@ -1,4 +1,5 @@
 """The LightningModule: trains θ and φ on one estimator's objective, and reports every estimator side by side."""
+
 import io
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union, get_args
@@ -22,8 +23,7 @@ from lvm_lightning.schedules import LRSchedule, burda_lr_factor
 
 PARTS = ("lvm", "estimator")
 TRAINING_HINT = (
-    "choose a likelihood that holds the data (gaussian: any real values; continuous_bernoulli: [0, 1]), "
-    "or binarize them (images: --data.binarization dynamic)"
+    "choose a likelihood that holds the data (gaussian: any real values; continuous_bernoulli: [0, 1]), or binarize them (images: --data.binarization dynamic)"
 )
 
 

@@ -1,4 +1,5 @@
 """Seeded forks of torch's random stream, for evaluation that must neither disturb training nor vary between calls."""
+
 from contextlib import contextmanager
 from typing import Iterator
 

@@ -1,5 +1,6 @@
 """Learning-rate schedules: ``constant``; ``cosine``, from lr to 0 over the run's steps (a short budget);
 ``burda``, the IWAE paper's 3^i epochs at lr·10^(−i/7) (a factor per epoch)."""
+
 from typing import Literal
 
 LRSchedule = Literal["constant", "cosine", "burda"]

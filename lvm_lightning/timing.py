@@ -1,4 +1,5 @@
 """Wall-clock timing that counts queued GPU work: the seconds per point of each kind of inference, and the benchmarks."""
+
 import time
 from typing import Callable, TypeVar
 

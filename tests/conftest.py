@@ -1,4 +1,5 @@
 """Shared helpers: the repository root, and running the command-line tools as a new user would."""
+
 import os
 import subprocess
 import sys
@@ -28,7 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
 
 
 def module_from_config(config: Path, data_dim: int) -> "LVMModule":  # noqa: F821

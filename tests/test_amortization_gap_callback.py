@@ -1,8 +1,9 @@
 """The AmortizationGap callback: logs gap/… to TensorBoard and leaves training exactly as it would have been."""
+
 from pathlib import Path
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -13,7 +14,6 @@ from lvm_lightning.inference import LocalOptimizer
 from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact, ImportanceSampling
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -39,7 +39,9 @@ def fit(tmp_path, callbacks: list, name: str) -> tuple[pl.Trainer, LVMModule]:
 
 
 def gap_callback() -> AmortizationGap:
-    return AmortizationGap(every_n_epochs=1, num_points=32, optimizer=LocalOptimizer(max_steps=30), refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50)
+    return AmortizationGap(
+        every_n_epochs=1, num_points=32, optimizer=LocalOptimizer(max_steps=30), refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50
+    )
 
 
 def test_training_is_bit_identical_with_the_callback_and_gaps_reach_tensorboard(tmp_path):

@@ -1,4 +1,5 @@
 """End to end as a user runs it: train.py, TensorBoard read back, evaluation in a fresh process, clear errors, resume."""
+
 import json
 from pathlib import Path
 
@@ -7,11 +8,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, run_tool
 from lvm_lightning import LVMModule, evaluate
 from lvm_lightning.cli import main
 from lvm_lightning.models import MixtureModel
 from lvm_lightning.objectives import Exact
+
+from conftest import ROOT, run_tool
 
 FAST = ["--trainer.enable_progress_bar", "false", "--data.num_train", "1000", "--data.num_val", "500", "--data.num_test", "500"]
 QUIET = ["--amortization_gap.every_n_epochs", "0"]
@@ -53,7 +55,9 @@ def test_tensorboard_has_every_estimator_side_by_side(trained_run):
 
 def test_checkpoint_evaluated_in_a_fresh_process(trained_run, tmp_path):
     output = tmp_path / "report.json"
-    result = run_tool(["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--num_samples", "200", "--output", str(output)], tmp_path)
+    result = run_tool(
+        ["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--num_samples", "200", "--output", str(output)], tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     estimates = report["estimates"]
@@ -69,14 +73,26 @@ def test_checkpoint_evaluated_in_a_fresh_process(trained_run, tmp_path):
 
 def test_evaluation_on_a_user_npy_file(trained_run, tmp_path):
     np.save(tmp_path / "points.npy", np.random.default_rng(0).normal(size=(64, 2)))
-    result = run_tool(["-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--data_path", "points.npy", "--num_samples", "50", "--output", "r.json"], tmp_path)
+    result = run_tool(
+        [
+            "-m",
+            "lvm_lightning.evaluate",
+            str(trained_run / "checkpoints" / "last.ckpt"),
+            "--data_path",
+            "points.npy",
+            "--num_samples",
+            "50",
+            "--output",
+            "r.json",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["estimates"]["exact"]["num_points"] == 64 and "true_log_px" not in report
 
 
 def test_load_from_checkpoint_needs_no_config(trained_run):
-    from lvm_lightning import LVMModule
 
     module = LVMModule.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
     assert isinstance(module.estimator, Exact) and isinstance(module.lvm, MixtureModel) and module.lvm.discrete
@@ -201,11 +217,33 @@ def test_every_shipped_config_runs(config, tmp_path, monkeypatch):
 def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypatch):
     """4 epochs straight vs 2 epochs, then resumed from last.ckpt to 4: the same weights to the last bit."""
     monkeypatch.chdir(tmp_path)
-    common = ["--model.estimator", "lvm_lightning.objectives.ImportanceSampling", "--model.estimator.num_samples", "3", *FAST, *QUIET, "--density_plot.every_n_epochs", "0"]
+    common = [
+        "--model.estimator",
+        "lvm_lightning.objectives.ImportanceSampling",
+        "--model.estimator.num_samples",
+        "3",
+        *FAST,
+        *QUIET,
+        "--density_plot.every_n_epochs",
+        "0",
+    ]
     main(["fit", "--trainer.max_epochs", "4", "--trainer.logger.init_args.name", "straight", *common])
     main(["fit", "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "interrupted", *common])
     last = tmp_path / "runs" / "interrupted" / "version_0" / "checkpoints" / "last.ckpt"
-    main(["fit", "--trainer.max_epochs", "4", "--trainer.logger.init_args.name", "interrupted", "--trainer.logger.init_args.version", "0", "--ckpt_path", str(last), *common])
+    main(
+        [
+            "fit",
+            "--trainer.max_epochs",
+            "4",
+            "--trainer.logger.init_args.name",
+            "interrupted",
+            "--trainer.logger.init_args.version",
+            "0",
+            "--ckpt_path",
+            str(last),
+            *common,
+        ]
+    )
     straight = torch.load(tmp_path / "runs" / "straight" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
     resumed = torch.load(last, weights_only=False)
     assert straight["epoch"] == resumed["epoch"] == 3
@@ -215,8 +253,23 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypa
 
 def test_ddp_on_two_cpu_processes(tmp_path):
     """Lightning's DDP (gloo, 2 processes): each rank trains on its shard; validation metrics are reduced across ranks."""
-    args = [str(ROOT / "train.py"), "fit", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-            "--trainer.max_epochs", "2", *FAST, "--amortization_gap.every_n_epochs", "1", "--amortization_gap.optimizer.max_steps", "50"]
+    args = [
+        str(ROOT / "train.py"),
+        "fit",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "2",
+        *FAST,
+        "--amortization_gap.every_n_epochs",
+        "1",
+        "--amortization_gap.optimizer.max_steps",
+        "50",
+    ]
     result = run_tool(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("run folder") == 1

@@ -1,4 +1,5 @@
 """Data modules: deterministic splits, resumable shuffling, DDP sharding, the true density, clear errors."""
+
 import numpy as np
 import pytest
 import torch

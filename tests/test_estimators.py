@@ -1,4 +1,5 @@
 """The estimators against oracles: torch's MixtureSameFamily and MultivariateNormal, true posteriors, K → ∞."""
+
 import math
 
 import pytest
@@ -16,7 +17,6 @@ from lvm_lightning.objectives import (
     amortized_elbo,
     wake_objective,
 )
-
 
 
 @pytest.fixture(autouse=True)

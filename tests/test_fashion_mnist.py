@@ -1,13 +1,15 @@
 """Real data: a few hundred steps on Fashion-MNIST from Debian's dataset-fashion-mnist must bring the test NLL well below chance."""
+
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import ROOT, module_from_config, run_tool
 from lvm_lightning.data import FashionMNISTData
 from lvm_lightning.objectives import ImportanceSampling
+
+from conftest import ROOT, module_from_config, run_tool
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 CONFIG = ROOT / "configs" / "fashion_mnist_vae.yaml"

@@ -1,5 +1,6 @@
 """lvm_lightning as a framework: a user's own decoder and estimator from a folder outside the repository, safe
 checkpoints against both kinds of malicious file, the installed console commands, and no global side effects."""
+
 import json
 import os
 import shutil
@@ -11,10 +12,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, run_tool
 from lvm_lightning import LVMModule
 from lvm_lightning.cli import main
 from lvm_lightning.errors import UsageError
+
+from conftest import ROOT, run_tool
 
 QUICK = ["--trainer.enable_progress_bar", "false", "--data.num_train", "500", "--data.num_val", "200", "--data.num_test", "200",
          "--amortization_gap.every_n_epochs", "0", "--density_plot.every_n_epochs", "0"]  # fmt: skip
@@ -199,7 +201,7 @@ def test_pip_install_gives_console_commands_that_work_from_any_folder(tmp_path):
     where = subprocess.run([str(python), "-c", "import importlib.metadata as m, lvm_lightning; print(lvm_lightning.__file__); print(m.requires('lvm_lightning'))"],
                            capture_output=True, text=True, cwd=work, env=env)  # fmt: skip
     assert str(venv) in where.stdout.splitlines()[0], where.stdout + where.stderr  # the installed copy, not the repository's
-    assert "torch>=2.2" in where.stdout and "pytorch-lightning>=2.4" in where.stdout and "pytest>=7.4; extra == \"test\"" in where.stdout
+    assert "torch>=2.2" in where.stdout and "pytorch-lightning>=2.4" in where.stdout and 'pytest>=7.4; extra == "test"' in where.stdout
     train = subprocess.run([str(venv / "bin" / "lvm-train"), "--trainer.max_epochs", "1", *QUICK], capture_output=True, text=True, cwd=work, env=env)
     assert train.returncode == 0, train.stderr[-3000:]
     checkpoint = work / "runs" / "default" / "version_0" / "checkpoints" / "last.ckpt"

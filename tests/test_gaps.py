@@ -1,4 +1,5 @@
 """Per-point inference and the gap decomposition against closed forms (linear-Gaussian) and on a trained mixture."""
+
 import functools
 
 import pytest
@@ -10,7 +11,6 @@ from lvm_lightning.inference import LocalOptimizer, gap_decomposition, summarize
 from lvm_lightning.models import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import ELBO, Exact, amortized_elbo
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,5 @@
 """MNIST-like data through torchvision's real reading path on tiny IDX files written here; conv networks; image callbacks; the Burda schedule."""
+
 import gzip
 import math
 import struct
@@ -14,7 +15,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 from torchvision import datasets
 
-from conftest import module_from_config
 from lvm_lightning.callbacks import ActiveUnits, ImageGrids, LatentScatter, active_units
 from lvm_lightning.cli import main
 from lvm_lightning.data import FashionMNISTData, GaussianMixtureData, MNISTData, TensorLoader
@@ -25,6 +25,8 @@ from lvm_lightning.models.families import BernoulliFamily
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact, ImportanceSampling
 from lvm_lightning.schedules import BURDA_EPOCHS, burda_lr_factor
+
+from conftest import module_from_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NUM_TRAIN, NUM_VAL, NUM_TEST = 40, 10, 12

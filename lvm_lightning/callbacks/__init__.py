@@ -1,4 +1,5 @@
 """Callbacks: the true density beside the model's, and pictures."""
+
 from lvm_lightning.callbacks.amortization_gap import AmortizationGap
 from lvm_lightning.callbacks.density_plot import DensityPlot
 from lvm_lightning.callbacks.images import ActiveUnits, ImageGrids, LatentScatter, active_units

@@ -1,4 +1,5 @@
 """Tracks the amortization and approximation gaps during training, in TensorBoard under ``gap/``."""
+
 from contextlib import contextmanager
 from typing import Any, Iterator, Literal, Optional, Sequence
 

@@ -1,4 +1,5 @@
 """For 2-D data: the data over the model's learned density, and over the true density where known."""
+
 from typing import Optional
 
 import pytorch_lightning as pl

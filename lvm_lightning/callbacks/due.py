@@ -1,4 +1,5 @@
 """What every picture and measurement callback shares: whether it applies to the run's data and model (said once), and when it is due."""
+
 from typing import Optional
 
 import pytorch_lightning as pl

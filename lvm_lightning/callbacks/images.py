@@ -3,6 +3,7 @@
 Each callback says once, at setup, when it does not apply (data without ``image_shape`` or
 labels, an enumerable latent), so all of them can stay registered for every run.
 """
+
 from typing import Optional
 
 import pytorch_lightning as pl

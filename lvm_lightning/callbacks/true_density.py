@@ -1,4 +1,5 @@
 """Logs the data's true log-density beside the model's estimates, where the data module knows it."""
+
 from typing import Any, Optional
 
 import pytorch_lightning as pl

@@ -1,4 +1,5 @@
 """LightningDataModules: synthetic mixtures with a known density, the user's own arrays, and MNIST-like images."""
+
 from lvm_lightning.data.images import FashionMNISTData, ImageData, MNISTData
 from lvm_lightning.data.in_memory import EpochPermutation, InMemoryDataModule, TensorLoader
 from lvm_lightning.data.linear_gaussian import LinearGaussianData

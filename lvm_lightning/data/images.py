@@ -5,6 +5,7 @@ downloaded there when ``download`` is on), or the four IDX files lying flat in R
 as Debian's ``dataset-fashion-mnist`` installs them. torchvision reads only its own layout, so flat
 files are unpacked once into a cache folder keyed by their path, size and time, and read from there.
 """
+
 import gzip
 import hashlib
 import math

@@ -5,6 +5,7 @@ sees the same batches it would have seen, and under DDP each rank takes every wo
 When a trainer is attached the tensors move to its device in ``setup``; ``in_memory=False`` serves
 them through a plain DataLoader instead, for data too large for the device.
 """
+
 from functools import partial
 from typing import Callable, Iterator, Optional, Union
 
@@ -22,9 +23,7 @@ Transform = Callable[[Tensor], Tensor]
 class EpochPermutation:
     """Index batches of one epoch: a permutation seeded by seed + epoch (or 0..N−1), sharded by rank."""
 
-    def __init__(
-        self, size: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False
-    ) -> None:
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0

@@ -1,4 +1,5 @@
 """Synthetic data from a linear-Gaussian model x = Wz + b + ε, whose density N(b, WWᵀ + σ²I) is known."""
+
 import torch
 from torch.distributions import MultivariateNormal
 

@@ -1,4 +1,5 @@
 """Synthetic data from a Gaussian mixture whose density is known exactly."""
+
 import math
 from typing import Literal
 

@@ -1,4 +1,5 @@
 """The user's own data: an N×D float array in a .npy file, split deterministically or given per split."""
+
 from pathlib import Path
 from typing import Optional
 

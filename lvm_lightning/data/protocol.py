@@ -1,4 +1,5 @@
 """What the module, the callbacks and ``evaluate`` read from a data module, as one typed protocol."""
+
 from typing import Callable, Optional, Protocol, runtime_checkable
 
 from torch import Tensor

@@ -1,4 +1,5 @@
 """Base class for synthetic data drawn from a known distribution, so the true log-density is available."""
+
 import torch
 from torch import Tensor
 from torch.distributions import Distribution

@@ -5,6 +5,7 @@ log p(x) = ELBO(q_φ) + [ELBO(q*) − ELBO(q_φ)] + [log p(x) − ELBO(q*)]
 
 with q* the per-point optimum of ``LocalOptimizer``, and the seconds each kind of inference took.
 """
+
 import math
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -156,7 +157,9 @@ def gap_summary(
 
 def format_gaps(gaps: dict[str, Any]) -> str:
     """The decomposition and the refinement curve as plain-text lines (nats per point)."""
-    lines = [f"gaps over {gaps['num_points']} points (log p(x): {gaps['log_px_method']}; q*: {gaps['mean_steps']:.0f} steps on average, {100 * gaps['converged_fraction']:.0f}% converged)"]
+    lines = [
+        f"gaps over {gaps['num_points']} points (log p(x): {gaps['log_px_method']}; q*: {gaps['mean_steps']:.0f} steps on average, {100 * gaps['converged_fraction']:.0f}% converged)"
+    ]
     stderr = {name: math.nan if value is None else value for name, value in gaps["stderr"].items()}
     lines += [f"  {name:<18} {gaps[name]:>11.4f} ± {stderr[name]:.4f}" for name in GAPS]
     lines.append(f"  seconds per point: amortized {gaps['seconds_per_point_amortized']:.2e}, optimized {gaps['seconds_per_point_optimized']:.2e}")

@@ -5,6 +5,7 @@ categorical q) that the encoder's family turns into q_λ. All rows are one [N, P
 batched Adam, so the cost of a step is one decoder pass over K × N samples. Only λ receives
 gradients: the decoder runs on detached parameters, and the model's optimizer is never touched.
 """
+
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, get_args
 

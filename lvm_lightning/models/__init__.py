@@ -1,4 +1,5 @@
 """Priors, encoders, decoders and the latent variable models they make."""
+
 from lvm_lightning.models.builders import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.models.families import BernoulliFamily, CategoricalFamily, ContinuousBernoulliFamily, DiagonalGaussian
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel

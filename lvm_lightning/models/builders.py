@@ -4,6 +4,7 @@
 ``LinearGaussian`` (x = Wz + b + ε, with its closed-form marginal). ``data_dim`` and
 ``image_shape`` are linked from the data module by the command line.
 """
+
 import math
 from typing import Literal, Optional, Sequence
 
@@ -78,7 +79,9 @@ class MixtureModel(LatentVariableModel):
         encoder_net, decoder_net = networks(
             data_dim, num_components, posterior.num_params, observation.num_params, encoder_hidden, decoder_hidden, activation, True, network, image_shape
         )
-        super().__init__(CategoricalPrior(num_components, learn=learn_prior), Conditional(decoder_net, observation), Conditional(encoder_net, posterior), data_dim)
+        super().__init__(
+            CategoricalPrior(num_components, learn=learn_prior), Conditional(decoder_net, observation), Conditional(encoder_net, posterior), data_dim
+        )
 
 
 class VAE(LatentVariableModel):
@@ -121,7 +124,9 @@ class LinearGaussian(LatentVariableModel):
             raise UsageError("the linear-Gaussian model shares one σ: pass noise_std 'shared' or a positive number")
         posterior = DiagonalGaussian(latent_dim)
         encoder_net, decoder_net = networks(data_dim, latent_dim, posterior.num_params, data_dim, encoder_hidden, (), activation, False, "mlp", None)
-        super().__init__(StandardNormalPrior(latent_dim), Conditional(decoder_net, DiagonalGaussian(data_dim, noise_std)), Conditional(encoder_net, posterior), data_dim)
+        super().__init__(
+            StandardNormalPrior(latent_dim), Conditional(decoder_net, DiagonalGaussian(data_dim, noise_std)), Conditional(encoder_net, posterior), data_dim
+        )
 
     @property
     def weight(self) -> torch.Tensor:

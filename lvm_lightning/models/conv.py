@@ -3,6 +3,7 @@
 Each of the n layers halves (encoder) or doubles (decoder) the height and width with a 4×4 kernel,
 stride 2 and padding 1, so H and W must be multiples of 2^n.
 """
+
 from typing import Sequence
 
 from torch import Tensor, nn

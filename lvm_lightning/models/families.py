@@ -6,6 +6,7 @@ written once whatever produces its parameters. torch.distributions' argument che
 step on a GPU. The data are checked against the likelihood's support once, when a run starts
 (``check_support``); the parameters come from unconstrained tensors and are valid by construction.
 """
+
 from typing import Literal, Union
 
 import torch

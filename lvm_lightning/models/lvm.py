@@ -1,4 +1,5 @@
 """The latent variable model p_θ(x, z) = p(z) p_θ(x|z) with its amortized posterior q_φ(z|x)."""
+
 from typing import Optional
 
 import torch

@@ -1,4 +1,5 @@
 """Plain multilayer perceptrons built from config values."""
+
 from typing import Sequence
 
 from torch import nn
@@ -15,9 +16,7 @@ def activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def mlp(
-    in_features: int, out_features: int, hidden: Sequence[int] = (), act: str = "relu", categorical_input: bool = False
-) -> nn.Sequential:
+def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (), act: str = "relu", categorical_input: bool = False) -> nn.Sequential:
     """y = L_n(σ(… σ(L_1 x))): layers of widths ``hidden`` with activation σ between them.
 
     With ``categorical_input`` the input is an index in {0, …, in_features−1} and L_1 is a lookup

@@ -1,4 +1,5 @@
 """Priors p(z): modules whose call returns the distribution, so learned priors carry parameters (argument checks off, as in families.py)."""
+
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal

@@ -1,4 +1,5 @@
 """Estimators of log p_θ(x) and the training signals built from them."""
+
 from lvm_lightning.objectives.encoder import EncoderObjective, resolve_encoder_objective, wake_objective
 from lvm_lightning.objectives.estimators import (
     ELBO,

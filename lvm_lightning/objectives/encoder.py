@@ -6,6 +6,7 @@ Bengio, 2015), here enumerated exactly. For categorical z the reverse KL's gradi
 a logit is proportional to q_c, so a component the encoder has written off never comes back;
 ``wake`` has no such dead zone and is the default for enumerable latents (docs/maths.md, "Training signals").
 """
+
 from typing import Literal, Optional
 
 from torch import Tensor

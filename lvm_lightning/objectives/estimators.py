@@ -6,6 +6,7 @@ value, kept apart as Pyro keeps ``loss`` and ``differentiable_loss``), ``diagnos
 standard error and weight statistics) and ``check`` (whether it applies to a model). Sampled
 estimators draw log-weights shaped [K, B] in chunks, so memory stays bounded however large K is.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -204,9 +205,7 @@ class ImportanceSampling(SampledEstimator):
         q = model.posterior(x)
         return lambda k: importance_log_weights(model, x, q, k)
 
-    def estimate_with(
-        self, model: LatentVariableModel, x: Tensor, q: Distribution, frozen: bool = False, density: Optional[Distribution] = None
-    ) -> Estimate:
+    def estimate_with(self, model: LatentVariableModel, x: Tensor, q: Distribution, frozen: bool = False, density: Optional[Distribution] = None) -> Estimate:
         """The same estimate with z_k ~ q for any proposal q of batch shape [B] (amortized or per-point); see importance_log_weights."""
         return self.collect(lambda k: importance_log_weights(model, x, q, k, frozen, density), x.shape[0])
 
