@@ -23,35 +23,45 @@ Network = Literal["mlp", "conv"]
 Likelihood = Literal["gaussian", "bernoulli", "continuous_bernoulli"]
 
 
-def networks(
+def conditionals(
     data_dim: int,
     latent_dim: int,
-    encoder_out: int,
-    decoder_out: int,
+    posterior: nn.Module,
+    likelihood: Likelihood,
+    decoder_std: GaussianStd,
     encoder_hidden: Sequence[int],
     decoder_hidden: Sequence[int],
     activation: str,
     categorical: bool,
-    network: Network,
-    image_shape: Optional[Sequence[int]],
-) -> tuple[nn.Module, nn.Module]:
-    """(encoder net: x -> encoder_out params, decoder net: z -> decoder_out params), MLPs or stride-2 convolutions over images."""
+    network: Network = "mlp",
+    image_shape: Optional[Sequence[int]] = None,
+) -> tuple[Conditional, Conditional]:
+    """(decoder p_θ(x|z) = likelihood(net(z)), encoder q_φ(z|x) = posterior(net(x))), with MLPs or stride-2 convolutions over images."""
     if data_dim < 1 or latent_dim < 1:
         raise UsageError(f"data_dim and latent_dim must be >= 1, got {data_dim} and {latent_dim}")
+    observation = likelihood_family(likelihood, data_dim, decoder_std)
+    encoder_out, decoder_out = posterior.num_params, observation.num_params
     # The decoder first, then the encoder: the order in which they draw their initial weights from the seed.
     if network == "mlp":
-        decoder = mlp(latent_dim, decoder_out, decoder_hidden, activation, categorical)
-        return mlp(data_dim, encoder_out, encoder_hidden, activation), decoder
-    if network != "conv":
+        decoder_net = mlp(latent_dim, decoder_out, decoder_hidden, activation, categorical)
+        encoder_net: nn.Module = mlp(data_dim, encoder_out, encoder_hidden, activation)
+    elif network == "conv":
+        _check_images(data_dim, image_shape, encoder_hidden, decoder_hidden)
+        decoder_net = ConvDecoder(latent_dim, image_shape, decoder_out, decoder_hidden, activation, categorical_input=categorical)
+        encoder_net = ConvEncoder(image_shape, encoder_out, encoder_hidden, activation)
+    else:
         raise UsageError(f"unknown network {network!r}: choose 'mlp' or 'conv'")
+    return Conditional(decoder_net, observation), Conditional(encoder_net, posterior)
+
+
+def _check_images(data_dim: int, image_shape: Optional[Sequence[int]], encoder_hidden: Sequence[int], decoder_hidden: Sequence[int]) -> None:
+    """Raise UsageError unless the data are images of image_shape and both networks have at least one convolution."""
     if image_shape is None:
-        raise UsageError("network 'conv' needs image data (a data module with image_shape, e.g. MNISTData): use network 'mlp'")
+        raise UsageError("network 'conv' needs image data: pass image_shape (C, H, W), e.g. --model.lvm.image_shape [1,28,28], or use network 'mlp'")
     if math.prod(image_shape) != data_dim:
         raise UsageError(f"image_shape {tuple(image_shape)} has {math.prod(image_shape)} pixels but data_dim is {data_dim}")
     if not encoder_hidden or not decoder_hidden:
         raise UsageError("network 'conv' needs at least one channel count in encoder_hidden and in decoder_hidden, e.g. [32, 64] and [64, 32]")
-    decoder = ConvDecoder(latent_dim, image_shape, decoder_out, decoder_hidden, activation, categorical_input=categorical)
-    return ConvEncoder(image_shape, encoder_out, encoder_hidden, activation), decoder
 
 
 class MixtureModel(LatentVariableModel):
@@ -74,14 +84,20 @@ class MixtureModel(LatentVariableModel):
         network: Network = "mlp",
         image_shape: Optional[Sequence[int]] = None,
     ) -> None:
-        observation = likelihood_family(likelihood, data_dim, decoder_std)
-        posterior = CategoricalFamily(num_components)
-        encoder_net, decoder_net = networks(
-            data_dim, num_components, posterior.num_params, observation.num_params, encoder_hidden, decoder_hidden, activation, True, network, image_shape
+        decoder, encoder = conditionals(
+            data_dim,
+            num_components,
+            CategoricalFamily(num_components),
+            likelihood,
+            decoder_std,
+            encoder_hidden,
+            decoder_hidden,
+            activation,
+            True,
+            network,
+            image_shape,
         )
-        super().__init__(
-            CategoricalPrior(num_components, learn=learn_prior), Conditional(decoder_net, observation), Conditional(encoder_net, posterior), data_dim
-        )
+        super().__init__(CategoricalPrior(num_components, learn=learn_prior), decoder, encoder, data_dim)
 
 
 class VAE(LatentVariableModel):
@@ -103,12 +119,10 @@ class VAE(LatentVariableModel):
         network: Network = "mlp",
         image_shape: Optional[Sequence[int]] = None,
     ) -> None:
-        observation = likelihood_family(likelihood, data_dim, decoder_std)
-        posterior = DiagonalGaussian(latent_dim)
-        encoder_net, decoder_net = networks(
-            data_dim, latent_dim, posterior.num_params, observation.num_params, encoder_hidden, decoder_hidden, activation, False, network, image_shape
+        decoder, encoder = conditionals(
+            data_dim, latent_dim, DiagonalGaussian(latent_dim), likelihood, decoder_std, encoder_hidden, decoder_hidden, activation, False, network, image_shape
         )
-        super().__init__(StandardNormalPrior(latent_dim), Conditional(decoder_net, observation), Conditional(encoder_net, posterior), data_dim)
+        super().__init__(StandardNormalPrior(latent_dim), decoder, encoder, data_dim)
 
 
 class LinearGaussian(LatentVariableModel):
@@ -122,11 +136,8 @@ class LinearGaussian(LatentVariableModel):
     ) -> None:
         if noise_std == "learned":
             raise UsageError("the linear-Gaussian model shares one σ: pass noise_std 'shared' or a positive number")
-        posterior = DiagonalGaussian(latent_dim)
-        encoder_net, decoder_net = networks(data_dim, latent_dim, posterior.num_params, data_dim, encoder_hidden, (), activation, False, "mlp", None)
-        super().__init__(
-            StandardNormalPrior(latent_dim), Conditional(decoder_net, DiagonalGaussian(data_dim, noise_std)), Conditional(encoder_net, posterior), data_dim
-        )
+        decoder, encoder = conditionals(data_dim, latent_dim, DiagonalGaussian(latent_dim), "gaussian", noise_std, encoder_hidden, (), activation, False)
+        super().__init__(StandardNormalPrior(latent_dim), decoder, encoder, data_dim)
 
     @property
     def weight(self) -> torch.Tensor:
