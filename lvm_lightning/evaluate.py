@@ -25,6 +25,7 @@ from lvm_lightning.inference import LocalOptimizer, format_gaps, gap_summary
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import evaluation_estimators
+from lvm_lightning.timing import timed
 
 
 def summarize(values: Tensor) -> dict[str, Any]:
@@ -36,10 +37,19 @@ def summarize(values: Tensor) -> dict[str, Any]:
 
 @torch.no_grad()
 def estimate_log_px(
-    model: LatentVariableModel, x: Tensor, num_samples: int, batch_size: int = 1024, chunk_size: Optional[int] = None
+    model: LatentVariableModel,
+    x: Tensor,
+    num_samples: int,
+    batch_size: int = 1024,
+    chunk_size: Optional[int] = None,
+    names: Optional[Sequence[str]] = None,
 ) -> dict[str, dict[str, Any]]:
-    """{estimator name: mean log p̂(x), stderr over points, K, N, and the mean of each of its diagnostics} over the rows of ``x``, in batches."""
-    batches = [estimate_all(model, batch, evaluation_estimators(model, num_samples, chunk_size)) for batch in x.split(batch_size)]
+    """{estimator name: mean log p̂(x), stderr over points, K, N, and the mean of each of its diagnostics} over the rows of ``x``, in batches.
+
+    ``names`` chooses the estimators (default: every one that applies); those that share draws share them.
+    """
+    estimators = evaluation_estimators(model, num_samples, chunk_size, names)
+    batches = [estimate_all(model, batch, estimators) for batch in x.split(batch_size)]
     results = {}
     for name, first in batches[0].items():
         entry = summarize(torch.cat([batch[name].log_px for batch in batches]))
@@ -47,6 +57,15 @@ def estimate_log_px(
         entry.update({key: torch.cat([batch[name].diagnostics[key] for batch in batches]).mean().item() for key in first.diagnostics})
         results[name] = entry
     return results
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """The peak memory so far: bytes allocated on a GPU since the last reset, or the process's peak resident size on the CPU."""
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_of": "CUDA tensors"}
+    import resource  # Unix: ru_maxrss in kilobytes on Linux
+
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_of": "the process (resident)"}
 
 
 def check_device(device: str) -> None:
@@ -82,12 +101,15 @@ def evaluate_checkpoint(
     gap_points: int = 100,
     gap: LocalOptimizer = LocalOptimizer(),
     trust: Sequence[str] = (),
+    estimators: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
     """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?, 'gaps'?}.
 
     'gaps' (when gap_points > 0): the amortization/approximation decomposition on the first
     gap_points points with q* fit by ``gap``, log p(x) importance-sampled from q* with num_samples
     where it has no exact form (inference/gaps.py). ``trust``: modules whose classes the checkpoint may name.
+    ``estimators``: which to run (exact, prior_sampling, importance_sampling, elbo; default all that apply).
+    'cost' gives the seconds the estimates took, per point, and the peak memory.
     """
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
@@ -110,7 +132,10 @@ def evaluate_checkpoint(
     x = x.to(device)
     module.check_values(x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
     torch.manual_seed(seed)
-    report["estimates"] = estimate_log_px(model, x, num_samples, batch_size, chunk_size)
+    if x.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(x.device)
+    report["estimates"], seconds = timed(lambda: estimate_log_px(model, x, num_samples, batch_size, chunk_size, estimators), x.device)
+    report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), **peak_memory(x.device)}
     if gap_points > 0:
         report["gaps"] = gap_summary(model, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size)
     if datamodule is not None and datamodule.true_density is not None:
@@ -134,9 +159,10 @@ def format_table(report: dict[str, Any]) -> str:
 def parser() -> ArgumentParser:
     """The command line: the arguments of ``evaluate_checkpoint``, q*'s settings as ``--gap.NAME``, and ``--output``."""
     parser = ArgumentParser(prog="lvm-evaluate", description=__doc__.splitlines()[0], exit_on_error=False)
-    parser.add_function_arguments(evaluate_checkpoint, as_positional=True, skip={"device", "trust"})
+    parser.add_function_arguments(evaluate_checkpoint, as_positional=True, skip={"device", "trust", "estimators"})
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--trust", type=str, nargs="+", default=[], help="modules (or classes) of your own that the checkpoint may name")
+    parser.add_argument("--estimators", type=str, nargs="+", help="which to run, e.g. importance_sampling elbo (or a,b); default: all that apply")
     parser.add_argument("--output", type=Optional[str], help="also write the report to this JSON file")
     return parser
 
@@ -149,6 +175,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         cli = parser()
         args = cli.instantiate_classes(cli.parse_args(argv)).as_dict()
         output = args.pop("output")
+        if args["estimators"] is not None:
+            args["estimators"] = [name for item in args["estimators"] for name in item.split(",") if name]
         report = evaluate_checkpoint(**args)
     except (UsageError, ArgumentError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -18,9 +18,19 @@ class PerPoint:
 
 
 def estimate_all(model: LatentVariableModel, x: Tensor, estimators: list[Estimator]) -> dict[str, PerPoint]:
-    """Each estimator's ``PerPoint`` result on the batch ``x``, by estimator name."""
-    out = {}
+    """Each estimator's ``PerPoint`` result on the batch ``x``, by estimator name.
+
+    Estimators with the same ``draws`` (the IWAE bound and the ELBO, both from K samples of q_φ) reduce one set
+    of log-weights: each sample is drawn and scored once, and their difference on a batch is Jensen's gap alone.
+    """
+    out, drawn = {}, {}
     for estimator in estimators:
-        estimate = estimator.estimate(model, x)
+        key = estimator.draws()
+        if key is not None and key in drawn:
+            estimate = estimator.from_log_weights(drawn[key])
+        else:
+            estimate = estimator.estimate(model, x)
+            if key is not None:
+                drawn[key] = estimate.log_weights
         out[estimator.name] = PerPoint(estimate.log_px, estimator.diagnostics(estimate), estimate.log_weights.shape[0])
     return out

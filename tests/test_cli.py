@@ -92,6 +92,15 @@ def test_evaluation_on_a_user_npy_file(trained_run, tmp_path):
     assert report["estimates"]["exact"]["num_points"] == 64 and "true_log_px" not in report
 
 
+def test_evaluation_runs_the_chosen_estimators_and_reports_its_cost(trained_run):
+    report = evaluate.evaluate_checkpoint(
+        str(trained_run / "checkpoints" / "last.ckpt"), num_samples=20, gap_points=0, estimators=["importance_sampling", "elbo"]
+    )
+    assert list(report["estimates"]) == ["importance_sampling", "elbo"]
+    cost = report["cost"]
+    assert cost["seconds"] > 0 and cost["seconds_per_point"] == cost["seconds"] / 500 and cost["peak_memory_bytes"] > 0
+
+
 def test_load_from_checkpoint_needs_no_config(trained_run):
 
     module = LVMModule.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt")

@@ -8,6 +8,7 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal, kl_divergence
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.evaluation import estimate_all
 from lvm_lightning.models import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.objectives import (
     ELBO,
@@ -255,3 +256,15 @@ def test_configuration_errors():
         Exact().check(VAE(2, 2, decoder_hidden=[4]))
     with pytest.raises(UsageError, match="'wake' needs an enumerable latent"):
         ImportanceSampling(4, encoder_objective="wake").check(VAE(2, 2))
+
+
+def test_importance_sampling_and_the_elbo_share_one_set_of_draws():
+    """In the evaluation core the IWAE bound and the ELBO reduce the same K samples of q: one decoder pass per proposal, and ELBO ≤ IWAE on every point (Jensen)."""
+    model = VAE(3, 2, decoder_hidden=[8])
+    calls = []
+    model.decoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    x = torch.randn(40, 3)
+    results = estimate_all(model, x, [PriorSampling(16), ImportanceSampling(16), ELBO(16)])
+    assert calls == [16, 16]  # prior sampling's draws, then q's, shared by the ELBO
+    assert (results["elbo"].log_px <= results["importance_sampling"].log_px).all()
+    assert results["elbo"].num_samples == 16 and set(results["elbo"].diagnostics) == {"log_weight_std", "log_px_stderr"}

@@ -9,7 +9,7 @@ estimators draw log-weights shaped [K, B] in chunks, so memory stays bounded how
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Hashable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -82,6 +82,14 @@ class Estimator:
         """The standard error of log p̂(x) per point: how far a repeat of the estimate would move."""
         return torch.zeros_like(estimate.log_px)
 
+    def draws(self) -> Optional[Hashable]:
+        """What this estimator's random draws are: estimators with equal (not None) draws can reduce one set of log-weights."""
+        return None
+
+    def from_log_weights(self, log_weights: Tensor) -> Estimate:
+        """The estimate from log-weights [K, B] that another estimator with the same ``draws`` made."""
+        raise NotImplementedError
+
     def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
         """Per-point diagnostics [B] by name, logged as ``STAGE/NAME/ESTIMATOR``."""
         return {}
@@ -120,7 +128,9 @@ def tractable(model: LatentVariableModel) -> bool:
 
 
 class SampledEstimator(Estimator):
-    """log p̂(x) = log (1/K) Σ_k w_k over K log-weights drawn ``chunk_size`` (sample × point) pairs at a time."""
+    """log p̂(x) = log (1/K) Σ_k w_k over K log-weights drawn ``chunk_size`` (sample × point) pairs at a time from ``proposal``."""
+
+    proposal = ""  # the distribution z_k is drawn from, as a name: estimators with one proposal and K share draws
 
     def __init__(self, num_samples: int = 1, chunk_size: Optional[int] = None, encoder_objective: Optional[EncoderObjective] = None) -> None:
         super().__init__(encoder_objective)
@@ -142,12 +152,17 @@ class SampledEstimator(Estimator):
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         return self.collect(self.sampler(model, x), x.shape[0])
 
+    def draws(self) -> Optional[Hashable]:
+        return (self.proposal, self.num_samples)
+
+    def from_log_weights(self, log_weights: Tensor) -> Estimate:
+        return Estimate(self.reduce(log_weights), log_weights)
+
     def collect(self, draw: Callable[[int], Tensor], batch_size: int) -> Estimate:
         """The estimate from K log-weights that ``draw`` makes in chunks of at most chunk_size (sample × point) pairs."""
         per_chunk = max(1, self.chunk_size // max(1, batch_size))
         sizes = [min(per_chunk, self.num_samples - start) for start in range(0, self.num_samples, per_chunk)]
-        log_weights = torch.cat([draw(k) for k in sizes])
-        return Estimate(self.reduce(log_weights), log_weights)
+        return self.from_log_weights(torch.cat([draw(k) for k in sizes]))
 
     def stderr(self, estimate: Estimate) -> Tensor:
         """Delta method for a log-mean-exp: √((K/ESS − 1)/K)."""
@@ -167,6 +182,7 @@ class PriorSampling(SampledEstimator):
     """log (1/K) Σ_k p_θ(x|z_k), z_k ~ p(z)."""
 
     name = "prior_sampling"
+    proposal = "p(z)"
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         prior = model.prior()
@@ -200,6 +216,7 @@ class ImportanceSampling(SampledEstimator):
     """
 
     name = "importance_sampling"
+    proposal = "q_φ(z|x)"
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         q = model.posterior(x)
@@ -253,7 +270,15 @@ def amortized_elbo(model: LatentVariableModel, x: Tensor) -> Tensor:
     return elbo(model, x, model.posterior(x))
 
 
-def evaluation_estimators(model: LatentVariableModel, num_samples: int, chunk_size: Optional[int] = None) -> list[Estimator]:
-    """Every estimate that applies to ``model``: exact when tractable, prior- and importance-sampled at K, and the ELBO."""
+def evaluation_estimators(
+    model: LatentVariableModel, num_samples: int, chunk_size: Optional[int] = None, names: Optional[Sequence[str]] = None
+) -> list[Estimator]:
+    """Every estimate that applies to ``model`` (exact when tractable, prior- and importance-sampled at K, the ELBO), or those in ``names``."""
     sampled = [PriorSampling(num_samples, chunk_size), ImportanceSampling(num_samples, chunk_size), ELBO(num_samples, chunk_size)]
-    return ([Exact()] if tractable(model) else []) + sampled
+    applicable = {estimator.name: estimator for estimator in ([Exact()] if tractable(model) else []) + sampled}
+    if names is None:
+        return list(applicable.values())
+    unknown = [name for name in names if name not in applicable]
+    if unknown or not names:
+        raise UsageError(f"unknown or inapplicable estimators {unknown or '(none given)'}: choose among {', '.join(applicable)}")
+    return [applicable[name] for name in names]
