@@ -12,7 +12,7 @@ from jsonargparse import ArgumentParser, lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, TrueLogDensity
+from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, ProgressBar, TrueLogDensity
 from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import find_usage_error
 from lvm_lightning.module import LVMModule
@@ -24,6 +24,7 @@ class LVMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.data_dim", "model.lvm.init_args.data_dim", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ProgressBar, "progress_bar")
         parser.add_lightning_class_args(DensityPlot, "density_plot")
         parser.add_lightning_class_args(TrueLogDensity, "true_density")
         parser.add_lightning_class_args(AmortizationGap, "amortization_gap")
@@ -46,12 +47,11 @@ class LVMCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        """The trainer with the parsed callbacks, less ModelCheckpoint when ``--trainer.enable_checkpointing false`` (Lightning refuses both)."""
+        """The trainer with the parsed callbacks, less the checkpoint and the progress bar when the trainer turns them off (Lightning refuses both)."""
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if config.get("enable_checkpointing") is False:
-            callbacks = [callback for callback in callbacks if not isinstance(callback, ModelCheckpoint)]
-        return self._instantiate_trainer(config, callbacks)
+        off = tuple(kind for kind, flag in ((ModelCheckpoint, "enable_checkpointing"), (ProgressBar, "enable_progress_bar")) if config.get(flag) is False)
+        return self._instantiate_trainer(config, [callback for callback in callbacks if not isinstance(callback, off)])
 
     def _say(self, template: str) -> None:
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, one prints

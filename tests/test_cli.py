@@ -204,6 +204,15 @@ def test_the_default_run_is_the_mixture_exact_config(capsys):
     assert "name: default" in default and default.replace("name: default", "name: mixture_exact") == config
 
 
+def test_output_to_a_file_is_one_line_per_epoch(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["--trainer.max_epochs", "2", *FAST[2:], *QUIET, "--density_plot.every_n_epochs", "0"])  # the progress bar as shipped
+    out = capsys.readouterr()  # captured: stdout is no terminal, as in a log file
+    lines = [line for line in out.out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] and "val log p(x): elbo" in lines[1]
+    assert "\r" not in out.out + out.err
+
+
 def test_no_subcommand_means_fit(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["--trainer.max_epochs", "1", *FAST, *QUIET, "--density_plot.every_n_epochs", "0"])

@@ -62,7 +62,7 @@ class AmortizationGap(DataCallback):
 
     def __init__(
         self,
-        every_n_epochs: int = 5,
+        every_n_epochs: int = 10,
         num_points: int = 256,
         split: Literal["val", "test"] = "val",
         optimizer: LocalOptimizer = LocalOptimizer(),

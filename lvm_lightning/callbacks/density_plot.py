@@ -13,10 +13,14 @@ from lvm_lightning.models.lvm import LatentVariableModel
 
 
 class DensityPlot(DataCallback):
-    """Every ``every_n_epochs`` validation epochs, logs the figure 'density' (2-D data only; 0 turns it off)."""
+    """Every ``every_n_epochs`` validation epochs, logs the figure 'density' (2-D data only; 0 turns it off).
 
-    def __init__(self, every_n_epochs: int = 5, grid_size: int = 120, max_points: int = 2000) -> None:
-        self.every_n_epochs, self.grid_size, self.max_points = every_n_epochs, grid_size, max_points
+    The model's density on a ``grid_size``² grid is exact where tractable, else importance-sampled from
+    the amortized q with ``num_samples`` per point: a picture, cheap, not a figure of merit.
+    """
+
+    def __init__(self, every_n_epochs: int = 10, grid_size: int = 80, max_points: int = 2000, num_samples: int = 16) -> None:
+        self.every_n_epochs, self.grid_size, self.max_points, self.num_samples = every_n_epochs, grid_size, max_points, num_samples
 
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
         if self.every_n_epochs <= 0:
@@ -37,14 +41,13 @@ class DensityPlot(DataCallback):
         grid = torch.stack([gx.flatten(), gy.flatten()], dim=1)
         grid_on_device = grid.to(pl_module.device)
         model = pl_module.lvm
-        # Exact where tractable, else importance-sampled from the amortized q with K = 64.
-        panels = {"model": log_marginal(model, grid_on_device, model.posterior(grid_on_device), 64).cpu()}
+        panels = {"model": log_marginal(model, grid_on_device, model.posterior(grid_on_device), self.num_samples).cpu()}
         if datamodule.true_density is not None:
             panels["true"] = true_log_prob(datamodule.true_density, grid)
         # A bare Figure, not pyplot: the user's matplotlib backend is left alone.
         fig = Figure(figsize=(5 * len(panels), 4.5))
         for ax, (title, log_density) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
-            ax.contourf(gx, gy, log_density.exp().reshape(gx.shape), levels=30, cmap="viridis")
+            ax.contourf(gx, gy, log_density.exp().reshape(gx.shape), levels=20, cmap="viridis")
             ax.scatter(points[:, 0], points[:, 1], s=2, c="white", alpha=0.4)
             ax.set_title(f"{title} density p(x), epoch {trainer.current_epoch}")
             ax.set_aspect("equal")

@@ -19,7 +19,7 @@ class LinearGaussianData(SyntheticData):
         num_val: int = 2_000,
         num_test: int = 2_000,
         batch_size: int = 256,
-        eval_batch_size: int = 1024,
+        eval_batch_size: int = 2048,
         seed: int = 0,
     ) -> None:
         super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed)
