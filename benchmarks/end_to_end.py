@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -90,8 +91,8 @@ def phases(stamps: list, launched: float, ended: float) -> dict[str, float]:
     return out
 
 
-def run_cli(config: str, root: str, epochs: int, workdir: Path, extra: list[str]) -> dict[str, float]:
-    """One `train.py` run as shipped (plus PhaseTimes), its phases in seconds."""
+def run_cli(config: str, root: str, epochs: int, workdir: Path, extra: list[str], tty: bool = False) -> dict[str, float]:
+    """One `train.py` run as shipped (plus PhaseTimes), its phases in seconds; ``tty`` runs it on a pseudo-terminal (util-linux `script`), where the bar is drawn."""
     stamps = workdir / "stamps.json"
     callback = json.dumps({"class_path": "end_to_end.PhaseTimes", "init_args": {"path": str(stamps)}})
     args = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / f"{config}.yaml")]
@@ -102,6 +103,8 @@ def run_cli(config: str, root: str, epochs: int, workdir: Path, extra: list[str]
         *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks")}
+    if tty:
+        args = ["script", "-qefc", shlex.join(args), "/dev/null"]
     launched = time.time()
     result = subprocess.run(args, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ended = time.time()
@@ -116,6 +119,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further train.py options, e.g. --trainer.enable_progress_bar false")
+    parser.add_argument("--tty", action="store_true", help="run train.py on a pseudo-terminal, so that the progress bar is drawn as in a terminal")
     parser.add_argument("--output", help="also write the rows to this JSON file")
     args = parser.parse_args()
     print(f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}", flush=True)
@@ -125,7 +129,12 @@ def main() -> None:
             for epochs in args.epochs:
                 with tempfile.TemporaryDirectory() as workdir:
                     rows.append(
-                        {"config": config, "epochs": epochs, **run_cli(config, args.root, epochs, Path(workdir), args.extra), "plain_training": math.nan}
+                        {
+                            "config": config,
+                            "epochs": epochs,
+                            **run_cli(config, args.root, epochs, Path(workdir), args.extra, args.tty),
+                            "plain_training": math.nan,
+                        }
                     )
                 print(json.dumps(rows[-1]), flush=True)
             continue
@@ -137,7 +146,7 @@ def main() -> None:
         k = model_section["model"]["estimator"]["init_args"]["num_samples"]
         for epochs in args.epochs:
             with tempfile.TemporaryDirectory() as workdir:
-                row = run_cli(config, args.root, epochs, Path(workdir), args.extra)
+                row = run_cli(config, args.root, epochs, Path(workdir), args.extra, args.tty)
             plain = plain_seconds(with_k(model_section["model"], k), train, data.batch_size, torch.device("cpu"), 0, steps * epochs)
             rows.append({"config": config, "epochs": epochs, **row, "plain_training": plain})
             print(json.dumps(rows[-1]), flush=True)
