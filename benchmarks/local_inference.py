@@ -102,8 +102,7 @@ def load(checkpoint: str, points: int) -> tuple[LatentVariableModel, Tensor]:
     from lvm_lightning.module import LVMModule
 
     model = LVMModule.load_from_checkpoint(checkpoint, map_location="cpu").lvm.eval()
-    data = checkpoint_bytes(checkpoint)
-    return model, run_data(data, read_checkpoint(data, checkpoint)).splits["val"][:points]
+    return model, run_data(read_checkpoint(checkpoint_bytes(checkpoint), checkpoint)).splits["val"][:points]
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 lvm-evaluate CKPT [--data_path FILE.npy] [--num_samples K] [--gap_points N] [--gap.max_steps S] [--trust MODULE] [--output FILE.json]
 """
 
-import io
 import json
 import math
 import os
@@ -12,14 +11,13 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import pytorch_lightning as pl
 import torch
 from jsonargparse import ArgumentParser
 from torch import Tensor
 
-from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, read_checkpoint
+from lvm_lightning.checkpoints import checkpoint_bytes, instantiate, read_checkpoint
 from lvm_lightning.data import SplitData, load_array, true_log_prob
-from lvm_lightning.errors import UsageError
+from lvm_lightning.errors import UsageError, find_usage_error
 from lvm_lightning.evaluation import estimate_all
 from lvm_lightning.inference import LocalOptimizer, format_gaps, gap_summary
 from lvm_lightning.models.lvm import LatentVariableModel
@@ -78,12 +76,17 @@ def check_device(device: str) -> None:
         raise UsageError(f"--device {device} but torch sees no CUDA GPU here: pass --device cpu")
 
 
-def run_data(data: bytes, checkpoint: dict[str, Any]) -> SplitData:
-    """The training run's data module, rebuilt by Lightning from the class path and arguments stored in the checkpoint
-    (``data``, its bytes, read and checked by ``read_checkpoint`` into ``checkpoint``), with its splits loaded."""
-    if "_class_path" not in checkpoint.get("datamodule_hyper_parameters", {}):
+def run_data(checkpoint: dict[str, Any], trusted: Sequence[str] = ()) -> SplitData:
+    """The training run's data module, rebuilt from the class path and arguments that LightningCLI stored in the
+    checkpoint (read by ``read_checkpoint``), with its splits loaded. It downloads nothing and caches in the default place:
+    a shared checkpoint does not choose where evaluation reaches or writes."""
+    stored = checkpoint.get("datamodule_hyper_parameters", {})
+    if "_class_path" not in stored:
         raise UsageError("this checkpoint does not record its data module's class: pass --data_path FILE.npy to evaluate on your own data")
-    datamodule = pl.LightningDataModule.load_from_checkpoint(io.BytesIO(data), weights_only=True)
+    init_args = {key: value for key, value in stored.items() if not key.startswith("_") and key != "cache_dir"}
+    if "download" in init_args:
+        init_args["download"] = False
+    datamodule = instantiate({"class_path": stored["_class_path"], "init_args": init_args}, trusted, "datamodule")
     if not isinstance(datamodule, SplitData):
         raise UsageError(f"{type(datamodule).__name__} is not a lvm_lightning.data.SplitData: pass --data_path FILE.npy")
     datamodule.setup("test")
@@ -114,9 +117,6 @@ def evaluate_checkpoint(
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
     check_device(device)
-    data = checkpoint_bytes(checkpoint_path)
-    import_trusted(trust)
-    checkpoint = read_checkpoint(data, checkpoint_path, trust)
     module = LVMModule.load_from_checkpoint(checkpoint_path, map_location=device, trusted=trust)
     module.eval()
     model = module.lvm
@@ -126,7 +126,8 @@ def evaluate_checkpoint(
         x = load_array(data_path)
         report["data"] = {"path": data_path}
     else:
-        datamodule = run_data(data, checkpoint)
+        checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), checkpoint_path, trust)
+        datamodule = run_data(checkpoint, trust)
         x = datamodule.splits["test"]
         report["data"] = {"class": checkpoint["datamodule_hyper_parameters"]["_class_path"], "split": "test"}
     x = x.to(device)
@@ -175,11 +176,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         cli = parser()
         args = cli.instantiate_classes(cli.parse_args(argv)).as_dict()
         output = args.pop("output")
+        if output and not Path(output).resolve().parent.is_dir():
+            raise UsageError(f"--output {output}: its folder does not exist; create it first")
         if args["estimators"] is not None:
             args["estimators"] = [name for item in args["estimators"] for name in item.split(",") if name]
         report = evaluate_checkpoint(**args)
-    except (UsageError, ArgumentError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    except Exception as error:
+        usage_error = find_usage_error(error)
+        if usage_error is None and not isinstance(error, ArgumentError):
+            raise
+        print(f"error: {' '.join(str(usage_error or error).split())}", file=sys.stderr)
         sys.exit(2)
     print(format_table(report))
     if "gaps" in report:

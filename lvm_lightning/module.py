@@ -1,6 +1,5 @@
 """The LightningModule: trains θ and φ on one estimator's objective, and reports every estimator side by side."""
 
-import io
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union, get_args
 
@@ -10,7 +9,7 @@ from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
 
-from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, read_checkpoint
+from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError
@@ -54,6 +53,8 @@ class LVMModule(pl.LightningModule):
             raise UsageError(f"unknown lr_schedule {lr_schedule!r}: choose one of {', '.join(get_args(LRSchedule))}")
         if not adam_eps > 0:
             raise UsageError(f"adam_eps must be positive, got {adam_eps}")
+        if eval_num_samples < 1:
+            raise UsageError(f"eval_num_samples must be >= 1, got {eval_num_samples}: pass e.g. --model.eval_num_samples 10")
         # LightningCLI hands save_hyperparameters each part's class_path and init_args; built in Python they are objects.
         self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else list(PARTS))
         estimator.check(lvm)
@@ -64,26 +65,34 @@ class LVMModule(pl.LightningModule):
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
-        cls,
-        checkpoint_path: Union[str, Path],
-        map_location: Any = None,
-        hparams_file: Optional[Union[str, Path]] = None,
-        strict: Optional[bool] = None,
-        trusted: Sequence[str] = (),
-        **kwargs: Any,
+        cls, checkpoint_path: Union[str, Path], map_location: Any = None, strict: bool = True, trusted: Sequence[str] = (), **kwargs: Any
     ) -> "LVMModule":
-        """Lightning's load, made safe: nothing but tensors and plain values is unpickled, and every class the
-        checkpoint names is lvm_lightning's, torch.nn's, or under a module in ``trusted`` (imported here), else UsageError."""
-        data, source = checkpoint_bytes(checkpoint_path), str(checkpoint_path)
+        """The module a checkpoint holds, rebuilt safely: nothing but tensors and plain values is unpickled, and each part is
+        built from its stored class path (``checkpoints.instantiate``) only if that class is lvm_lightning's, torch.nn's or
+        under a module in ``trusted``; else UsageError. ``kwargs`` replace stored arguments (parts included, as objects)."""
+        source = str(checkpoint_path)
         import_trusted(trusted)
-        checkpoint = read_checkpoint(data, source, trusted)
-        missing = [name for name in PARTS if name not in checkpoint.get("hyper_parameters", {}) and name not in kwargs]
+        checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), source, trusted)
+        stored = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if not key.startswith("_")}
+        missing = [name for name in PARTS if name not in stored and name not in kwargs]
         if missing:
             raise UsageError(
                 f"{source!r} was written by an LVMModule built in Python, whose parts are objects kept out of the checkpoint: "
                 f"pass them again, LVMModule.load_from_checkpoint(path, {'=…, '.join(missing)}=…), or train with lvm-train"
             )
-        return super().load_from_checkpoint(io.BytesIO(data), map_location, hparams_file, strict, weights_only=True, **kwargs)
+        malformed = [name for name in PARTS if name not in kwargs and not (isinstance(stored[name], dict) and "class_path" in stored[name])]
+        if malformed:
+            raise UsageError(f"{source!r} stores {', '.join(malformed)} as something other than a class path with its arguments: do not load it")
+        arguments = {**{key: instantiate(value, trusted, key) for key, value in stored.items()}, **kwargs}
+        module = cls(**arguments)
+        # Stored as class paths again, so that a checkpoint of the loaded module rebuilds it too.
+        module.hparams.update({name: stored[name] for name in PARTS if name in stored and name not in kwargs})
+        module.on_load_checkpoint(checkpoint)
+        try:
+            module.load_state_dict(checkpoint["state_dict"], strict=strict)
+        except RuntimeError as error:
+            raise UsageError(f"{source!r} holds weights that do not fit the model it describes ({str(error).splitlines()[0]})") from None
+        return module.to(map_location) if map_location is not None else module
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
         objective = self.estimator.objective(self.lvm, x)

@@ -167,6 +167,26 @@ def test_malicious_checkpoints_run_nothing(real_checkpoint, tmp_path, capsys, ki
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("where", ["part as a string", "part as inline YAML", "decoder as a string"])
+def test_strings_where_a_class_is_expected_import_nothing(real_checkpoint, tmp_path, monkeypatch, where):
+    """jsonargparse would read such strings as class paths (or YAML naming one) and import them; the loader imports only a class_path, once allowed."""
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "evilmod.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nclass Evil:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    checkpoint = torch.load(real_checkpoint, weights_only=True)
+    if where == "part as a string":
+        checkpoint["hyper_parameters"]["lvm"] = "evilmod.Evil"
+    elif where == "part as inline YAML":
+        checkpoint["hyper_parameters"]["estimator"] = "{class_path: evilmod.Evil}"
+    else:
+        checkpoint["hyper_parameters"]["lvm"]["init_args"]["decoder_hidden"] = "evilmod.Evil"
+    path = tmp_path / "strings.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(UsageError):
+        LVMModule.load_from_checkpoint(path)
+    assert not marker.exists()
+
+
 def test_training_without_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false", *QUICK])

@@ -87,7 +87,7 @@ class AmortizationGap(DataCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self.every_n_epochs > 0 and self.num_points < trainer.world_size:
-            raise UsageError(f"gap.num_points={self.num_points} leaves a rank without points: use at least {trainer.world_size}")
+            raise UsageError(f"amortization_gap.num_points={self.num_points} leaves a rank without points: use at least {trainer.world_size}")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:

@@ -10,6 +10,7 @@ from lvm_lightning.callbacks.due import DataCallback, picture_due
 from lvm_lightning.data.protocol import SplitData, true_log_prob
 from lvm_lightning.inference import log_marginal
 from lvm_lightning.models.lvm import LatentVariableModel
+from lvm_lightning.rng import seeded_fork
 
 
 class DensityPlot(DataCallback):
@@ -41,7 +42,8 @@ class DensityPlot(DataCallback):
         grid = torch.stack([gx.flatten(), gy.flatten()], dim=1)
         grid_on_device = grid.to(pl_module.device)
         model = pl_module.lvm
-        panels = {"model": log_marginal(model, grid_on_device, model.posterior(grid_on_device), self.num_samples).cpu()}
+        with seeded_fork(pl_module.device, 0):  # the same draws every epoch; training's stream untouched
+            panels = {"model": log_marginal(model, grid_on_device, model.posterior(grid_on_device), self.num_samples).cpu()}
         if datamodule.true_density is not None:
             panels["true"] = true_log_prob(datamodule.true_density, grid)
         # A bare Figure, not pyplot: the user's matplotlib backend is left alone.

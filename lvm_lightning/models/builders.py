@@ -1,12 +1,12 @@
 """Short forms for the common models, each a LatentVariableModel built from plain values (YAML ``class_path`` + ``init_args``).
 
 ``MixtureModel`` (categorical z), ``VAE`` (Gaussian z, MLP or convolutional networks) and
-``LinearGaussian`` (x = Wz + b + ε, with its closed-form marginal). ``data_dim`` and
-``image_shape`` are linked from the data module by the command line.
+``LinearGaussian`` (x = Wz + b + ε, with its closed-form marginal). ``data_dim`` is linked from the data
+module by the command line; a convolutional network needs ``image_shape`` (C, H, W) in its arguments.
 """
 
 import math
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -14,13 +14,12 @@ from torch.distributions import Distribution, MultivariateNormal
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.conv import ConvDecoder, ConvEncoder
-from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, likelihood_family
+from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, Likelihood, likelihood_family
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
 
 Network = Literal["mlp", "conv"]
-Likelihood = Literal["gaussian", "bernoulli", "continuous_bernoulli"]
 
 
 def conditionals(
@@ -132,7 +131,12 @@ class LinearGaussian(LatentVariableModel):
     """
 
     def __init__(
-        self, data_dim: int = 2, latent_dim: int = 1, noise_std: GaussianStd = "shared", encoder_hidden: Sequence[int] = (), activation: str = "relu"
+        self,
+        data_dim: int = 2,
+        latent_dim: int = 1,
+        noise_std: Union[float, Literal["shared"]] = "shared",
+        encoder_hidden: Sequence[int] = (),
+        activation: str = "relu",
     ) -> None:
         if noise_std == "learned":
             raise UsageError("the linear-Gaussian model shares one σ: pass noise_std 'shared' or a positive number")

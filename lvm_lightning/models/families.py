@@ -7,7 +7,7 @@ step on a GPU. The data are checked against the likelihood's support once, when 
 (``check_support``); the parameters come from unconstrained tensors and are valid by construction.
 """
 
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 import torch
 from torch import Tensor, nn
@@ -91,7 +91,8 @@ class ContinuousBernoulliFamily(nn.Module):
         return Independent(ContinuousBernoulli(logits=params, validate_args=False), 1, validate_args=False)
 
 
-LIKELIHOODS = ("gaussian", "bernoulli", "continuous_bernoulli")
+Likelihood = Literal["gaussian", "bernoulli", "continuous_bernoulli"]
+LIKELIHOODS = get_args(Likelihood)
 SUPPORTS = {constraints.boolean: "binary values {0, 1}", constraints.unit_interval: "values in [0, 1]"}
 
 

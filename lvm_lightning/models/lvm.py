@@ -70,8 +70,10 @@ class LatentVariableModel(nn.Module):
         return None
 
     def support(self) -> Tensor:
-        """Every value of an enumerable z, shaped [C, 1] to broadcast against a batch."""
-        return self.prior().enumerate_support(expand=False).reshape(-1, 1)
+        """Every value of an enumerable z, shaped [C, 1, *event_shape] to broadcast against a batch."""
+        prior = self.prior()
+        values = prior.enumerate_support(expand=False)
+        return values.reshape(len(values), 1, *prior.event_shape)
 
     def log_joint(self, x: Tensor, z: Tensor, frozen: bool = False) -> Tensor:
         """log p(z) + log p_θ(x|z), shape [K, B]; ``frozen`` treats θ as a constant (gradients reach z only)."""
