@@ -14,6 +14,7 @@ from typing import Callable, Hashable, Optional, Sequence
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
+from torch.utils.checkpoint import checkpoint
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.lvm import LatentVariableModel
@@ -128,11 +129,19 @@ def tractable(model: LatentVariableModel) -> bool:
 
 
 class SampledEstimator(Estimator):
-    """log p̂(x) = log (1/K) Σ_k w_k over K log-weights drawn ``chunk_size`` (sample × point) pairs at a time from ``proposal``."""
+    """log p̂(x) = log (1/K) Σ_k w_k over K log-weights drawn ``chunk_size`` (sample × point) pairs at a time from ``proposal``.
+
+    Under autograd every chunk's graph would live until the backward pass, so training memory would grow
+    with K × batch. ``recompute`` keeps only each chunk's log-weights and recomputes its graph, with the
+    same random draws, during the backward pass (``torch.utils.checkpoint``): memory of one chunk, the
+    same gradient, about one more forward pass of time.
+    """
 
     proposal = ""  # the distribution z_k is drawn from, as a name: estimators with one proposal and K share draws
 
-    def __init__(self, num_samples: int = 1, chunk_size: Optional[int] = None, encoder_objective: Optional[EncoderObjective] = None) -> None:
+    def __init__(
+        self, num_samples: int = 1, chunk_size: Optional[int] = None, encoder_objective: Optional[EncoderObjective] = None, recompute: bool = False
+    ) -> None:
         super().__init__(encoder_objective)
         if num_samples < 1:
             raise UsageError(f"{self.name} needs num_samples >= 1, got {num_samples}: pass K >= 1")
@@ -140,6 +149,7 @@ class SampledEstimator(Estimator):
             raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
         self.num_samples = num_samples
         self.chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+        self.recompute = recompute
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         """A function k -> k fresh log-weights for every point, shape [k, B]."""
@@ -162,7 +172,12 @@ class SampledEstimator(Estimator):
         """The estimate from K log-weights that ``draw`` makes in chunks of at most chunk_size (sample × point) pairs."""
         per_chunk = max(1, self.chunk_size // max(1, batch_size))
         sizes = [min(per_chunk, self.num_samples - start) for start in range(0, self.num_samples, per_chunk)]
-        return self.from_log_weights(torch.cat([draw(k) for k in sizes]))
+        if self.recompute and torch.is_grad_enabled():
+            # preserve_rng_state (the default): the recomputation draws the very samples of the forward pass.
+            chunks = [checkpoint(draw, k, use_reentrant=False) for k in sizes]
+        else:
+            chunks = [draw(k) for k in sizes]
+        return self.from_log_weights(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
 
     def stderr(self, estimate: Estimate) -> Tensor:
         """Delta method for a log-mean-exp: √((K/ESS − 1)/K)."""
