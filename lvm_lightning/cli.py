@@ -4,7 +4,6 @@ import copy
 import logging
 import os
 import sys
-from argparse import ArgumentError
 from typing import Any, Optional
 
 import pytorch_lightning as pl
@@ -14,7 +13,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, ProgressBar, TrueLogDensity
 from lvm_lightning.data import GaussianMixtureData, SplitData
-from lvm_lightning.errors import find_usage_error
+from lvm_lightning.errors import explain
 from lvm_lightning.module import LVMModule
 
 
@@ -99,13 +98,9 @@ def main(args: Optional[list[str]] = None) -> None:
             save_config_kwargs={"overwrite": True},  # a resumed run writes into its own folder again
         )
     except Exception as error:
-        usage_error = find_usage_error(error)
-        if usage_error is None and not isinstance(error, ArgumentError):
+        message = explain(error)
+        if message is None or os.environ.get("LVM_DEBUG"):  # a bug, or the full traceback asked for
             raise
-        if usage_error is not None:
-            message = str(usage_error)
-        else:
-            message = " ".join(str(error).split()) + " (lvm-train fit --help lists every option)"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 

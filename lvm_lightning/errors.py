@@ -15,3 +15,29 @@ def find_usage_error(error: BaseException) -> "UsageError | None":
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def explain(error: BaseException) -> "str | None":
+    """One line for a mistake the user can fix (ours, Lightning's MisconfigurationException, jsonargparse's), or None for a bug."""
+    import re
+
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    usage_error = find_usage_error(error)
+    if usage_error is not None:
+        return " ".join(str(usage_error).split())
+    message = " ".join(str(error).split())
+    if isinstance(error, MisconfigurationException):
+        hint = "there is no GPU here: use --trainer.accelerator cpu" if "gpu" in message.lower() else "a Trainer setting: lvm-train fit --help lists them"
+        return f"{message} ({hint})"
+    if type(error).__name__ == "ArgumentError":
+        required = re.search(r'Parser key "([\w.]+)".*?the following arguments are required: ([\w, ]+)', message)
+        if required:
+            key, names = required.groups()
+            return (
+                f"missing {', '.join(f'--{key}.{name.strip()}' for name in names.split(','))}: it has no default, give it in the config or on the command line"
+            )
+        if message.startswith("Unexpected config"):
+            return "the config file is empty or not a mapping of options: start from one in configs/ (lvm-train fit --print_config prints a full one)"
+        return f"{message} (lvm-train fit --help lists every option)"
+    return None

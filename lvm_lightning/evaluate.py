@@ -7,7 +7,6 @@ import json
 import math
 import os
 import sys
-from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -17,7 +16,7 @@ from torch import Tensor
 
 from lvm_lightning.checkpoints import checkpoint_bytes, instantiate, read_checkpoint
 from lvm_lightning.data import SplitData, load_array, true_log_prob
-from lvm_lightning.errors import UsageError, find_usage_error
+from lvm_lightning.errors import UsageError, explain
 from lvm_lightning.evaluation import estimate_all
 from lvm_lightning.inference import LocalOptimizer, format_gaps, gap_summary
 from lvm_lightning.models.lvm import LatentVariableModel
@@ -182,10 +181,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             args["estimators"] = [name for item in args["estimators"] for name in item.split(",") if name]
         report = evaluate_checkpoint(**args)
     except Exception as error:
-        usage_error = find_usage_error(error)
-        if usage_error is None and not isinstance(error, ArgumentError):
+        message = explain(error)
+        if message is None or os.environ.get("LVM_DEBUG"):  # a bug, or the full traceback asked for
             raise
-        print(f"error: {' '.join(str(usage_error or error).split())}", file=sys.stderr)
+        print(f"error: {message.replace('lvm-train fit --help', 'lvm-evaluate --help')}", file=sys.stderr)
         sys.exit(2)
     print(format_table(report))
     if "gaps" in report:

@@ -139,6 +139,12 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "real.npy", "--model.lvm.likelihood", "bernoulli"], "needs binary values"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge.npy"], "beyond float32"),
         (["--amortization_gap.split", "train"], "amortization_gap.split"),
+        (["--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer"),
+        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "arrays.npz"], "is a .npz archive (arrays: a, b)"),
+        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "text.npy"], "is not a .npy file of numbers"),
+        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "no_rows.npy"], "needs at least one row"),
+        (["--config", "CONFIGS/numpy_file.yaml"], "missing --data.path"),
+        (["--config", "empty.yaml"], "the config file is empty"),
     ],
 )
 def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatch, capsys, args, message):
@@ -146,6 +152,10 @@ def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "real.npy", np.random.default_rng(0).normal(size=(50, 3)))
     np.save(tmp_path / "huge.npy", np.full((50, 3), 1e300))
+    np.savez(tmp_path / "arrays.npz", a=np.ones((5, 2)), b=np.ones(3))
+    (tmp_path / "text.npy").write_text("1,2\n3,4\n")
+    np.save(tmp_path / "no_rows.npy", np.zeros((0, 3)))
+    (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *(a.replace("CONFIGS", str(ROOT / "configs")) for a in args)])
     assert exit_info.value.code == 2
@@ -172,6 +182,7 @@ def bernoulli_checkpoint(tmp_path_factory) -> Path:
         (["--batch_size", "0"], "must be >= 1"),
         (["--device", "gpu"], "unknown device 'gpu'"),
         (["--data_path", "grey.npy"], "needs binary values"),
+        (["--output", "missing_folder/report.json"], "its folder does not exist"),
     ],
 )
 def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys, args, message):
@@ -181,6 +192,13 @@ def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys
     assert exit_info.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0]
+
+
+def test_lvm_debug_shows_the_traceback_instead(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LVM_DEBUG", "1")
+    with pytest.raises(Exception, match="batch sizes must be >= 1"):
+        main(["fit", "--data.batch_size", "0"])
 
 
 @pytest.mark.parametrize("every, logged", [(0, 0), (3, 13)])  # 40 steps: written at steps 3, 6, …, 39

@@ -18,10 +18,16 @@ def load_array(path: str) -> Tensor:
         raise UsageError(f"data file {str(file)!r} not found: give the path of an existing .npy file holding an N×D array")
     try:
         array = np.load(file, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise UsageError(f"cannot read {str(file)!r} as a .npy array ({error}): save it with numpy.save") from None
-    if array.ndim != 2 or min(array.shape) < 1:
+    except (ValueError, OSError):  # numpy's own message would suggest loading it unsafely
+        raise UsageError(f"{str(file)!r} is not a .npy file of numbers: save an N×D float array with numpy.save(path, array)") from None
+    if isinstance(array, np.lib.npyio.NpzFile):
+        names = ", ".join(array.files)
+        array.close()
+        raise UsageError(f"{str(file)!r} is a .npz archive (arrays: {names}): save the one N×D array with numpy.save(path, array)")
+    if array.ndim != 2:
         raise UsageError(f"{str(file)!r} holds an array of shape {array.shape}: expected N×D (2-D, one row per datapoint); reshape it")
+    if min(array.shape) < 1:
+        raise UsageError(f"{str(file)!r} holds an empty array of shape {array.shape}: it needs at least one row and one column")
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise UsageError(f"{str(file)!r} holds {array.dtype} values: expected real numbers")
     with np.errstate(over="ignore"):
