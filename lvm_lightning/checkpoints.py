@@ -104,7 +104,9 @@ def read_checkpoint(data: bytes, source: str, trusted: Sequence[str] = ()) -> di
             f"{source!r} holds {what}, which a safe load refuses: lvm_lightning checkpoints hold only tensors and plain values; do not load it"
         ) from None
     except Exception as error:  # a damaged file makes the unpickler raise almost anything (KeyError, EOFError, RuntimeError, …)
-        raise UsageError(f"{source!r} is not an lvm_lightning checkpoint ({type(error).__name__}): pass a .ckpt written by lvm-train") from None
+        raise UsageError(
+            f"{source!r} is not an lvm_lightning checkpoint ({type(error).__name__}; damaged or truncated?): pass a .ckpt written by lvm-train"
+        ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UsageError(f"{source!r} is not an lvm_lightning checkpoint (no state_dict): pass a .ckpt written by lvm-train")
     for where, name in class_paths({key: checkpoint.get(key) for key in ("hyper_parameters", "datamodule_hyper_parameters")}):

@@ -4,6 +4,7 @@ import copy
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
@@ -12,8 +13,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, ProgressBar, TrueLogDensity
+from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint
 from lvm_lightning.data import GaussianMixtureData, SplitData
-from lvm_lightning.errors import explain
+from lvm_lightning.errors import UsageError, explain
 from lvm_lightning.module import LVMModule
 
 
@@ -58,6 +60,11 @@ class LVMCLI(LightningCLI):
             print(template.format(log_dir=log_dir), flush=True)
 
     def before_fit(self) -> None:
+        devices, cores = self.trainer.num_devices, os.cpu_count() or 1
+        if self.trainer.strategy.root_device.type == "cpu" and devices > cores and self.trainer.is_global_zero:
+            print(
+                f"warning: {devices} processes on {cores} CPU cores: each step waits for the slowest; pass --trainer.devices {cores} or fewer", file=sys.stderr
+            )
         if isinstance(self.datamodule, SplitData):
             # Loads the splits on the CPU (fit moves them to the device later): bad data stop the run before its folder is made.
             self.datamodule.setup("fit")
@@ -66,6 +73,29 @@ class LVMCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self._say("checkpoints: {log_dir}/checkpoints  (evaluate: lvm-evaluate CKPT)")
+
+
+def option_value(argv: list[str], name: str) -> Optional[str]:
+    """The value given to the command-line option ``name`` (``NAME VALUE`` or ``NAME=VALUE``), the last one if repeated."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def check_resume(ckpt_path: Optional[str]) -> None:
+    """Raises UsageError unless ``--ckpt_path`` names a readable checkpoint (Lightning's 'last' and 'best' pass), naming the epoch checkpoint beside a missing one."""
+    if ckpt_path is None or ckpt_path in ("last", "best", "hpc", "registry"):
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        beside = sorted(path.parent.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime) if path.parent.is_dir() else []
+        hint = f"resume from {str(beside[-1])!r}, the newest checkpoint beside it" if beside else "start the run afresh without --ckpt_path"
+        raise UsageError(f"--ckpt_path {ckpt_path!r} not found (a run killed before its first checkpoint has none): {hint}")
+    read_checkpoint(checkpoint_bytes(path), ckpt_path)
 
 
 def build_module(model_section: dict[str, Any], data_dim: int) -> LVMModule:
@@ -87,6 +117,8 @@ def main(args: Optional[list[str]] = None) -> None:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["fit", *argv]
     try:
+        # LightningCLI reads --ckpt_path's hyperparameters as it parses: a damaged file must be caught before that.
+        check_resume(option_value(argv, "--ckpt_path"))
         # LightningCLI warns when given args while sys.argv holds arguments too: hand it ours as sys.argv.
         sys.argv[1:] = argv
         LVMCLI(

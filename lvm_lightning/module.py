@@ -157,6 +157,15 @@ class LVMModule(pl.LightningModule):
         # Burda et al. (2016): 3^i epochs at lr·10^(−i/7), i = 0..7; LambdaLR steps once per epoch.
         return {"optimizer": optimizer, "lr_scheduler": LambdaLR(optimizer, burda_lr_factor)}
 
+    def on_train_epoch_end(self) -> None:
+        # One host sync an epoch: weights gone NaN or infinite stop the run with what to do, not with epochs of NaN curves.
+        if not bool(torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()):
+            data = self.trainer.datamodule
+            scale = f" (largest |x| in the training split: {float(data.splits['train'].abs().max()):.3g})" if isinstance(data, SplitData) else ""
+            raise UsageError(
+                f"the weights became NaN or infinite in epoch {self.current_epoch}{scale}: standardize the data, e.g. (x - mean) / std, or lower --model.lr"
+            )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng_state = checkpoint.get("rng_state")
 

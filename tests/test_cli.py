@@ -145,6 +145,8 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "no_rows.npy"], "needs at least one row"),
         (["--config", "CONFIGS/numpy_file.yaml"], "missing --data.path"),
         (["--config", "empty.yaml"], "the config file is empty"),
+        (["--ckpt_path", "truncated.ckpt"], "damaged or truncated"),
+        (["--ckpt_path", "runs/old/version_0/checkpoints/last.ckpt"], "not found"),
     ],
 )
 def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatch, capsys, args, message):
@@ -156,6 +158,7 @@ def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatc
     (tmp_path / "text.npy").write_text("1,2\n3,4\n")
     np.save(tmp_path / "no_rows.npy", np.zeros((0, 3)))
     (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "truncated.ckpt").write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *(a.replace("CONFIGS", str(ROOT / "configs")) for a in args)])
     assert exit_info.value.code == 2
@@ -192,6 +195,19 @@ def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys
     assert exit_info.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0]
+
+
+def test_weights_gone_nan_stop_the_run_with_one_line(tmp_path, monkeypatch, capsys):
+    """Finite float32 values of 1e30 overflow inside the model: the first epoch's end says so, instead of epochs of NaN curves."""
+    monkeypatch.chdir(tmp_path)
+    data = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    data[::7] *= 1e30
+    np.save(tmp_path / "huge.npy", data)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "numpy_file.yaml"), "--data.path", "huge.npy", "--trainer.max_epochs", "3", *FAST[:2], *QUIET])
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "weights became NaN or infinite in epoch 0" in line and "standardize" in line
 
 
 def test_lvm_debug_shows_the_traceback_instead(tmp_path, monkeypatch):

@@ -152,6 +152,15 @@ def test_missing_folder_is_one_line_naming_the_folder_and_the_files(tmp_path: Pa
     assert all(f"{name}.gz" in message for name in IDX_FILES)
 
 
+def test_a_truncated_gz_is_one_line_and_leaves_no_partial_file(flat: Path, tmp_path: Path) -> None:
+    name = flat / f"{IDX_FILES[0]}.gz"
+    name.write_bytes(name.read_bytes()[:200])
+    with pytest.raises(UsageError, match="damaged or truncated") as error:
+        FashionMNISTData(root=str(flat), cache_dir=str(tmp_path / "cache"), num_val=NUM_VAL)
+    assert "\n" not in str(error.value)
+    assert not [path for path in (tmp_path / "cache").rglob(".*") if path.is_file()]  # no half-written temporary file
+
+
 def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])  # refused at once, whatever the network
     with pytest.raises(UsageError, match="the download failed") as error:

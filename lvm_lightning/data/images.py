@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Literal, Optional, get_args
 
@@ -69,9 +70,11 @@ def unpack(sources: list[Path], raw: Path) -> None:
         try:
             with (gzip.open if source.suffix == ".gz" else open)(source, "rb") as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        except OSError as error:
+        except (OSError, EOFError, zlib.error) as error:  # EOFError: a truncated .gz
             partial.unlink(missing_ok=True)
-            raise UsageError(f"cannot unpack {str(source)!r} into {str(raw)!r} ({error}): check the file, or pass --data.cache_dir DIR") from None
+            raise UsageError(
+                f"cannot unpack {str(source)!r} into {str(raw)!r} ({error}): the file is damaged or truncated; fetch it again (or pass --data.cache_dir DIR)"
+            ) from None
         os.replace(partial, target)
 
 
