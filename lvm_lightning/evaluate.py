@@ -14,7 +14,7 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import Tensor
 
-from lvm_lightning.checkpoints import checkpoint_bytes, instantiate, read_checkpoint
+from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
 from lvm_lightning.data import SplitData, load_array, true_log_prob
 from lvm_lightning.errors import UsageError, explain
 from lvm_lightning.evaluation import estimate_all
@@ -116,7 +116,9 @@ def evaluate_checkpoint(
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
     check_device(device)
-    module = LVMModule.load_from_checkpoint(checkpoint_path, map_location=device, trusted=trust)
+    import_trusted(trust)
+    checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), checkpoint_path, trust)
+    module = LVMModule.from_checkpoint(checkpoint, checkpoint_path, map_location=device, trusted=trust)
     module.eval()
     model = module.lvm
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path)}
@@ -125,7 +127,6 @@ def evaluate_checkpoint(
         x = load_array(data_path)
         report["data"] = {"path": data_path}
     else:
-        checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), checkpoint_path, trust)
         datamodule = run_data(checkpoint, trust)
         x = datamodule.splits["test"]
         report["data"] = {"class": checkpoint["datamodule_hyper_parameters"]["_class_path"], "split": "test"}

@@ -72,7 +72,13 @@ class LVMModule(pl.LightningModule):
         under a module in ``trusted``; else UsageError. ``kwargs`` replace stored arguments (parts included, as objects)."""
         source = str(checkpoint_path)
         import_trusted(trusted)
-        checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), source, trusted)
+        return cls.from_checkpoint(read_checkpoint(checkpoint_bytes(checkpoint_path), source, trusted), source, map_location, strict, trusted, **kwargs)
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: dict[str, Any], source: str, map_location: Any = None, strict: bool = True, trusted: Sequence[str] = (), **kwargs: Any
+    ) -> "LVMModule":
+        """``load_from_checkpoint`` for a checkpoint already read by ``checkpoints.read_checkpoint`` (``source`` names it in messages)."""
         stored = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if not key.startswith("_")}
         missing = [name for name in PARTS if name not in stored and name not in kwargs]
         if missing:
@@ -132,7 +138,7 @@ class LVMModule(pl.LightningModule):
             likelihood = self.lvm.decoder(self.lvm.prior().sample((1,)).to(self.device))
         if tuple(x.shape[1:]) != tuple(likelihood.event_shape):
             raise UsageError(f"{where} has rows of shape {tuple(x.shape[1:])} but the model's decoder gives {tuple(likelihood.event_shape)}: {hint}")
-        check_support(likelihood, x.to(self.device), where, hint)
+        check_support(likelihood, x, where, hint)  # the support's check reads x alone: no copy to the model's device
 
     def check_data(self, data: SplitData) -> None:
         """``check_values`` on every stored split; one with a per-batch transform (dynamic binarization) is skipped: its batches, not its stored values, meet the model."""

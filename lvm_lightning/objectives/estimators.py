@@ -111,11 +111,9 @@ class Exact(Estimator):
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         marginal = model.marginal()
-        if marginal is not None:
-            log_weights = marginal.log_prob(x)[None]
-        else:
-            self.check(model)  # raises unless z is enumerable
-            log_weights = model.log_joint(x, model.support())
+        if marginal is None and not model.discrete:
+            self.check(model)  # raises: nothing here is exact
+        log_weights = marginal.log_prob(x)[None] if marginal is not None else model.log_joint(x, model.support())
         return Estimate(log_weights.logsumexp(0), log_weights)
 
 
@@ -244,9 +242,7 @@ class ImportanceSampling(SampledEstimator):
     def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
         q = model.posterior(x)
         log_px = self.estimate_with(model, x, q).log_px
-        if q.has_rsample:
-            return Objective(log_px, log_px)
-        return Objective(log_px + self.encoder_signal(model, x), log_px)
+        return Objective(log_px if q.has_rsample else log_px + self.encoder_signal(model, x), log_px)
 
 
 class ELBO(ImportanceSampling):
