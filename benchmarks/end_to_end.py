@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further train.py options, e.g. --trainer.enable_progress_bar false")
+    parser.add_argument("--k", type=int, help="K for the image configs' estimator, in train.py and the plain loop alike (default: the config's)")
     parser.add_argument("--device", default="cpu", help="where the plain loop trains (pass --extra --trainer.accelerator gpu for train.py)")
     parser.add_argument("--tty", action="store_true", help="run train.py on a pseudo-terminal, so that the progress bar is drawn as in a terminal")
     parser.add_argument("--output", help="also write the rows to this JSON file")
@@ -144,17 +145,20 @@ def main() -> None:
         data.setup()
         train = data.splits["train"].to(args.device)
         steps = math.ceil(len(train) / data.batch_size)
-        k = model_section["model"]["estimator"]["init_args"]["num_samples"]
+        k = args.k or model_section["model"]["estimator"]["init_args"]["num_samples"]
+        extra = [*args.extra, "--model.estimator.init_args.num_samples", str(k)]
         for epochs in args.epochs:
             with tempfile.TemporaryDirectory() as workdir:
-                row = run_cli(config, args.root, epochs, Path(workdir), args.extra, args.tty)
+                row = run_cli(config, args.root, epochs, Path(workdir), extra, args.tty)
             plain = plain_seconds(with_k(model_section["model"], k), train, data.batch_size, torch.device(args.device), 0, steps * epochs)
-            rows.append({"config": config, "epochs": epochs, **row, "plain_training": plain})
+            rows.append({"config": config, "k": k, "epochs": epochs, **row, "plain_training": plain})
             print(json.dumps(rows[-1]), flush=True)
-    print(f"{'config':<20} {'epochs':>6} {'total':>7} {'start-up':>8} {'sanity':>7} {'train':>7} {'val':>7} {'rest':>7} {'plain':>7} {'train/plain':>11}")
+    print(
+        f"{'config':<20} {'K':>3} {'epochs':>6} {'total':>7} {'start-up':>8} {'sanity':>7} {'train':>7} {'val':>7} {'rest':>7} {'plain':>7} {'train/plain':>11}"
+    )
     for r in rows:
         print(
-            f"{r['config']:<20} {r['epochs']:>6} {r['total']:>7.1f} {r['startup']:>8.1f} {r['sanity_check']:>7.1f} {r['training']:>7.1f} "
+            f"{r['config']:<20} {r.get('k', ''):>3} {r['epochs']:>6} {r['total']:>7.1f} {r['startup']:>8.1f} {r['sanity_check']:>7.1f} {r['training']:>7.1f} "
             f"{r['validation']:>7.1f} {r['rest']:>7.1f} {r['plain_training']:>7.1f} {r['training'] / r['plain_training']:>11.2f}"
         )
     if args.output:

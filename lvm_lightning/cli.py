@@ -8,19 +8,27 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-from jsonargparse import ArgumentParser, lazy_instance
+from jsonargparse import ArgumentParser, Namespace, lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, ProgressBar, TrueLogDensity
-from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint
 from lvm_lightning.data import GaussianMixtureData, SplitData
-from lvm_lightning.errors import UsageError, explain
+from lvm_lightning.errors import explain
+from lvm_lightning.files import AtomicCheckpointIO
 from lvm_lightning.module import LVMModule
+from lvm_lightning.resume import Resume, resolve_resume
 
 
 class LVMCLI(LightningCLI):
-    """Links the data's dimension and image shape into the model, and adds checkpointing, the true density, density plots and image pictures."""
+    """Links the data's dimension and image shape into the model, and adds checkpointing, the true density, density plots and image pictures.
+
+    ``resume`` (from ``resolve_resume``) points a resumed run's TensorBoard logger at the checkpoint's run folder.
+    """
+
+    def __init__(self, *args: Any, resume: Optional[Resume] = None, **kwargs: Any) -> None:
+        self.resume = resume
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.data_dim", "model.lvm.init_args.data_dim", apply_on="instantiate")
@@ -38,6 +46,10 @@ class LVMCLI(LightningCLI):
                 "model.lvm": {"class_path": "lvm_lightning.models.MixtureModel"},
                 "model.estimator": {"class_path": "lvm_lightning.objectives.Exact"},
                 "checkpoint.save_last": True,
+                # After the callbacks' epoch-end work (the gap's draws), so that a resumed run repeats none of it.
+                "checkpoint.save_on_train_epoch_end": True,
+                # A resumed run rewrites the checkpoints of the epochs it repeats, rather than leaving -v1, -v2 copies.
+                "checkpoint.enable_version_counter": False,
                 "trainer.max_epochs": 30,
                 "trainer.log_every_n_steps": 10,
                 "trainer.logger": {
@@ -47,11 +59,27 @@ class LVMCLI(LightningCLI):
             }
         )
 
+    def before_instantiate_classes(self) -> None:
+        logger = self._get(self.config, "trainer.logger")
+        if self.resume is None or self.resume.run_folder is None or not isinstance(logger, Namespace) or not logger.class_path.endswith(".TensorBoardLogger"):
+            return
+        args, folder = logger.init_args, self.resume.run_folder
+        if args.version is None and (Path(args.save_dir) / args.name).resolve() == folder.parent.resolve():
+            args.version = folder.name
+        if (Path(args.save_dir) / args.name / str(args.version)).resolve() == folder.resolve():
+            # The killed run's points after the checkpoint are hidden; the resumed run writes them again.
+            args.purge_step = self.resume.step + 1 if self.resume.ckpt_path is not None else 0
+            if self.resume.ckpt_path is not None:
+                args.default_hp_metric = False  # the HPARAMS entry (and its placeholder hp_metric = −1 at step 0) is there already
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        """The trainer with the parsed callbacks, less the checkpoint and the progress bar when the trainer turns them off (Lightning refuses both)."""
+        """The trainer with the parsed callbacks, less the checkpoint and the progress bar when the trainer turns them off (Lightning refuses both),
+        writing checkpoints atomically unless other plugins are given."""
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         off = tuple(kind for kind, flag in ((ModelCheckpoint, "enable_checkpointing"), (ProgressBar, "enable_progress_bar")) if config.get(flag) is False)
+        if config.get("plugins") is None:
+            config["plugins"] = [AtomicCheckpointIO()]  # a kill while a checkpoint is written leaves the previous one whole
         return self._instantiate_trainer(config, [callback for callback in callbacks if not isinstance(callback, off)])
 
     def _say(self, template: str) -> None:
@@ -86,16 +114,17 @@ def option_value(argv: list[str], name: str) -> Optional[str]:
     return value
 
 
-def check_resume(ckpt_path: Optional[str]) -> None:
-    """Raises UsageError unless ``--ckpt_path`` names a readable checkpoint (Lightning's 'last' and 'best' pass), naming the epoch checkpoint beside a missing one."""
-    if ckpt_path is None or ckpt_path in ("last", "best", "hpc", "registry"):
-        return
-    path = Path(ckpt_path)
-    if not path.is_file():
-        beside = sorted(path.parent.glob("epoch=*.ckpt"), key=lambda p: p.stat().st_mtime) if path.parent.is_dir() else []
-        hint = f"resume from {str(beside[-1])!r}, the newest checkpoint beside it" if beside else "start the run afresh without --ckpt_path"
-        raise UsageError(f"--ckpt_path {ckpt_path!r} not found (a run killed before its first checkpoint has none): {hint}")
-    read_checkpoint(checkpoint_bytes(path), ckpt_path)
+def with_option(argv: list[str], name: str, value: Optional[str]) -> list[str]:
+    """``argv`` with every ``name`` option removed, then ``name value`` appended unless ``value`` is None."""
+    kept, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = i + 1 < len(argv)
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept if value is None else [*kept, name, value]
 
 
 def build_module(model_section: dict[str, Any], data_dim: int) -> LVMModule:
@@ -118,7 +147,9 @@ def main(args: Optional[list[str]] = None) -> None:
         argv = ["fit", *argv]
     try:
         # LightningCLI reads --ckpt_path's hyperparameters as it parses: a damaged file must be caught before that.
-        check_resume(option_value(argv, "--ckpt_path"))
+        resume = resolve_resume(option_value(argv, "--ckpt_path"))
+        if resume is not None:
+            argv = with_option(argv, "--ckpt_path", resume.ckpt_path)
         # LightningCLI warns when given args while sys.argv holds arguments too: hand it ours as sys.argv.
         sys.argv[1:] = argv
         LVMCLI(
@@ -128,6 +159,7 @@ def main(args: Optional[list[str]] = None) -> None:
             seed_everything_default=0,
             parser_kwargs={"exit_on_error": False},  # so that a mistyped option is one line too, not the full usage
             save_config_kwargs={"overwrite": True},  # a resumed run writes into its own folder again
+            resume=resume,
         )
     except Exception as error:
         message = explain(error)

@@ -18,6 +18,7 @@ from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instanti
 from lvm_lightning.data import SplitData, load_array, true_log_prob
 from lvm_lightning.errors import UsageError, explain
 from lvm_lightning.evaluation import estimate_all
+from lvm_lightning.files import write_atomically
 from lvm_lightning.inference import LocalOptimizer, format_gaps, gap_summary
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
@@ -157,6 +158,17 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
 
 
+def check_output(output: str) -> None:
+    """Raises UsageError unless ``output`` can be written: checked before the evaluation's minutes, not after."""
+    path = Path(output).resolve()
+    if path.is_dir():
+        raise UsageError(f"--output {output} is a folder: pass a file name, e.g. {Path(output) / 'report.json'}")
+    if not path.parent.is_dir():
+        raise UsageError(f"--output {output}: its folder does not exist; create it first")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"--output {output} cannot be written here (permissions): pass a path you can write")
+
+
 def parser() -> ArgumentParser:
     """The command line: the arguments of ``evaluate_checkpoint``, q*'s settings as ``--gap.NAME``, and ``--output``."""
     parser = ArgumentParser(prog="lvm-evaluate", description=__doc__.splitlines()[0], exit_on_error=False)
@@ -176,8 +188,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         cli = parser()
         args = cli.instantiate_classes(cli.parse_args(argv)).as_dict()
         output = args.pop("output")
-        if output and not Path(output).resolve().parent.is_dir():
-            raise UsageError(f"--output {output}: its folder does not exist; create it first")
+        if output:
+            check_output(output)
         if args["estimators"] is not None:
             args["estimators"] = [name for item in args["estimators"] for name in item.split(",") if name]
         report = evaluate_checkpoint(**args)
@@ -191,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if "gaps" in report:
         print(format_gaps(report["gaps"]))
     if output:
-        Path(output).write_text(json.dumps(report, indent=2))
+        write_atomically(output, json.dumps(report, indent=2).encode())
         print(f"wrote {output}")
 
 

@@ -45,6 +45,7 @@ class LVMModule(pl.LightningModule):
         lr: float = 1e-2,
         lr_schedule: LRSchedule = "constant",
         adam_eps: float = 1e-8,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not lr >= 0:
@@ -61,6 +62,9 @@ class LVMModule(pl.LightningModule):
         self.lvm = lvm
         self.estimator = estimator
         self.evaluators = evaluation_estimators(lvm, eval_num_samples, chunk_size)
+        # torch.compile fuses the log-density work of a step (12–16 % faster on the CPU) for a one-off compilation
+        # of 7–20 s at the first step: worth it for long runs at large K, not for a few epochs at K = 1 (README).
+        self._losses = torch.compile(self.losses) if compile else self.losses
         self._resume_rng_state: Optional[dict[str, Tensor]] = None
 
     @classmethod
@@ -100,16 +104,38 @@ class LVMModule(pl.LightningModule):
             raise UsageError(f"{source!r} holds weights that do not fit the model it describes ({str(error).splitlines()[0]})") from None
         return module.to(map_location) if map_location is not None else module
 
-    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+    def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The training loss −mean_x surrogate(x), and mean_x log p̂(x), of the estimator's objective on the batch ``x``."""
         objective = self.estimator.objective(self.lvm, x)
-        loss = -objective.surrogate.mean()
+        return -objective.surrogate.mean(), objective.log_px.mean()
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        loss, log_px = self._losses(x)
         # Only on the steps Lightning writes (its rule: every log_every_n_steps, and the last before a stop):
         # each self.log call costs ~0.3 ms, 6% of a K = 1 MNIST step on the CPU, for values dropped otherwise.
         every = self.trainer.log_every_n_steps
-        if every and ((self.global_step + 1) % every == 0 or self.trainer.should_stop):
+        logs = every and ((self.global_step + 1) % every == 0 or self.trainer.should_stop)
+        # The check reads the loss back to the host: free on the CPU, a stall of the queue on a GPU, where it
+        # waits for the steps that log (a NaN in between reaches the weights; on_train_epoch_end stops it there).
+        if (logs or self.device.type == "cpu") and not bool(torch.isfinite(loss)):
+            terms = self.lvm.nonfinite_terms(x)
+            which = f"{' and '.join(terms)} non-finite" if terms else "each term finite at a fresh draw, the estimate's reduction not"
+            raise self._nonfinite_stop(f"the training loss became NaN or infinite ({which})")
+        if logs:
             self.log("train/loss", loss, prog_bar=True, batch_size=len(x))
-            self.log(f"train/log_px/{self.estimator.name}", objective.log_px.mean(), batch_size=len(x))
+            self.log(f"train/log_px/{self.estimator.name}", log_px, batch_size=len(x))
         return loss
+
+    def _nonfinite_stop(self, what: str) -> UsageError:
+        """The one-line stop for ``what`` went NaN or infinite: where, the data's scale, the last good checkpoint and what to do."""
+        callback = self.trainer.checkpoint_callback
+        last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        data = self.trainer.datamodule
+        scale = f"; largest |x| in the training split {float(data.splits['train'].abs().max()):.3g}" if isinstance(data, SplitData) else ""
+        return UsageError(
+            f"{what} at step {self.global_step} (epoch {self.current_epoch}){scale}; last good checkpoint: {last or 'none yet'}. "
+            "Standardize the data, e.g. (x - mean) / std, or lower --model.lr"
+        )
 
     @torch.no_grad()
     def _evaluate(self, x: Tensor, stage: str, batch_idx: int) -> None:
@@ -153,7 +179,10 @@ class LVMModule(pl.LightningModule):
             self.check_data(self.trainer.datamodule)
 
     def configure_optimizers(self) -> Union[torch.optim.Optimizer, dict[str, Any]]:
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
+        # Adam's fused kernel (CPU and CUDA): the same update in one pass over all parameters; on the CPU torch's default
+        # is a Python loop over them, 1.1 ms against 0.4 ms a step for the image configs' MLP, 15 % of a K = 1 step.
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.parameters())
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=fused)
         if self.hparams.lr_schedule == "constant":
             return optimizer
         if self.hparams.lr_schedule == "cosine":
@@ -166,11 +195,7 @@ class LVMModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         # One host sync an epoch: weights gone NaN or infinite stop the run with what to do, not with epochs of NaN curves.
         if not bool(torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()):
-            data = self.trainer.datamodule
-            scale = f" (largest |x| in the training split: {float(data.splits['train'].abs().max()):.3g})" if isinstance(data, SplitData) else ""
-            raise UsageError(
-                f"the weights became NaN or infinite in epoch {self.current_epoch}{scale}: standardize the data, e.g. (x - mean) / std, or lower --model.lr"
-            )
+            raise self._nonfinite_stop("the weights became NaN or infinite")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng_state = checkpoint.get("rng_state")

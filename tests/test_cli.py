@@ -138,6 +138,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
         (["--model.lr", "-1"], "lr must be >= 0"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "real.npy", "--model.lvm.likelihood", "bernoulli"], "needs binary values"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge.npy"], "beyond float32"),
+        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge32.npy"], "values up to |x| = 1e+30, beyond the 1e+06"),
         (["--amortization_gap.split", "train"], "amortization_gap.split"),
         (["--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "arrays.npz"], "is a .npz archive (arrays: a, b)"),
@@ -146,7 +147,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
         (["--config", "CONFIGS/numpy_file.yaml"], "missing --data.path"),
         (["--config", "empty.yaml"], "the config file is empty"),
         (["--ckpt_path", "truncated.ckpt"], "damaged or truncated"),
-        (["--ckpt_path", "runs/old/version_0/checkpoints/last.ckpt"], "not found"),
+        (["--ckpt_path", "old/last.ckpt"], "not found"),
     ],
 )
 def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatch, capsys, args, message):
@@ -154,6 +155,7 @@ def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "real.npy", np.random.default_rng(0).normal(size=(50, 3)))
     np.save(tmp_path / "huge.npy", np.full((50, 3), 1e300))
+    np.save(tmp_path / "huge32.npy", np.where(np.arange(150).reshape(50, 3) % 7, 1.0, 1e30).astype(np.float32))  # finite in float32
     np.savez(tmp_path / "arrays.npz", a=np.ones((5, 2)), b=np.ones(3))
     (tmp_path / "text.npy").write_text("1,2\n3,4\n")
     np.save(tmp_path / "no_rows.npy", np.zeros((0, 3)))
@@ -186,6 +188,7 @@ def bernoulli_checkpoint(tmp_path_factory) -> Path:
         (["--device", "gpu"], "unknown device 'gpu'"),
         (["--data_path", "grey.npy"], "needs binary values"),
         (["--output", "missing_folder/report.json"], "its folder does not exist"),
+        (["--output", "."], "is a folder: pass a file name"),
     ],
 )
 def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys, args, message):
@@ -197,17 +200,16 @@ def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys
     assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0]
 
 
-def test_weights_gone_nan_stop_the_run_with_one_line(tmp_path, monkeypatch, capsys):
-    """Finite float32 values of 1e30 overflow inside the model: the first epoch's end says so, instead of epochs of NaN curves."""
+def test_a_loss_gone_nan_stops_the_run_at_that_step_with_one_line(tmp_path, monkeypatch, capsys):
+    """A learning rate of 1e30 throws the weights to ±1e30 at the first step: the next step's loss overflows, and the run stops there."""
     monkeypatch.chdir(tmp_path)
-    data = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
-    data[::7] *= 1e30
-    np.save(tmp_path / "huge.npy", data)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(ROOT / "configs" / "numpy_file.yaml"), "--data.path", "huge.npy", "--trainer.max_epochs", "3", *FAST[:2], *QUIET])
+        main(["fit", "--model.lr", "1e30", "--trainer.max_epochs", "3", *FAST, *QUIET])
     assert exit_info.value.code == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert "weights became NaN or infinite in epoch 0" in line and "standardize" in line
+    assert "the training loss became NaN or infinite (" in line and "log p(x|z) non-finite) at step 1 (epoch 0)" in line, line
+    assert "last good checkpoint: none yet" in line and "lower --model.lr" in line
+    assert not list(tmp_path.glob("runs/default/version_0/checkpoints/*.ckpt"))  # no NaN model saved
 
 
 def test_lvm_debug_shows_the_traceback_instead(tmp_path, monkeypatch):

@@ -38,6 +38,12 @@ def binarize(grey: Tensor, mode: Binarization, seed: int) -> Tensor:
     return torch.bernoulli(grey, generator=torch.Generator().manual_seed(seed))
 
 
+def dynamic_binarize(grey: Tensor) -> Tensor:
+    """x ~ Bernoulli(grey), drawn as 1[u < grey] with u ~ U[0, 1): the same law as torch.bernoulli, whose CPU kernel draws
+    element by element (3× slower on a 100 × 784 batch, 10 % of a K = 1 training step)."""
+    return (torch.rand_like(grey) < grey).to(grey.dtype)
+
+
 def grey_levels(images: Tensor) -> Tensor:
     """uint8 images [N, H, W] as rows [N, H·W] in [0, 1]."""
     return images.reshape(len(images), -1).float() / 255
@@ -120,7 +126,7 @@ class ImageData(InMemoryDataModule):
         return math.prod(self.image_shape)
 
     def transform(self, split: str) -> Optional[Transform]:
-        return torch.bernoulli if split == "train" and self.hparams.binarization == "dynamic" else None
+        return dynamic_binarize if split == "train" and self.hparams.binarization == "dynamic" else None
 
     def _torchvision_root(self) -> Path:
         """The folder to hand torchvision: ``root`` itself, or the cache holding the unpacked flat files."""

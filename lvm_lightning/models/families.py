@@ -94,14 +94,23 @@ class ContinuousBernoulliFamily(nn.Module):
 Likelihood = Literal["gaussian", "bernoulli", "continuous_bernoulli"]
 LIKELIHOODS = get_args(Likelihood)
 SUPPORTS = {constraints.boolean: "binary values {0, 1}", constraints.unit_interval: "values in [0, 1]"}
+# Networks start with outputs of order 1 and Adam moves them by about lr a step: real data beyond this take
+# millions of steps to reach, and their squared errors leave float32's range (3e38) from |x| ~ 1e19 on.
+LARGEST_REAL = 1e6
 
 
 def check_support(likelihood: Distribution, x: Tensor, where: str, hint: str) -> None:
-    """Raises UsageError, ending with ``hint``, unless every row of ``x`` lies in the support that ``likelihood`` declares."""
+    """Raises UsageError, ending with ``hint``, unless every row of ``x`` lies in the support that ``likelihood`` declares (real values: within ±LARGEST_REAL)."""
     support = likelihood.support
-    if bool(support.check(x).all()):
-        return
     base = getattr(support, "base_constraint", support)
+    if bool(support.check(x).all()):
+        largest = float(x.abs().max()) if base is constraints.real else 0.0
+        if largest > LARGEST_REAL:
+            raise UsageError(
+                f"{where} holds values up to |x| = {largest:.3g}, beyond the {LARGEST_REAL:.0e} that a model starting at scale 1 fits in float32: "
+                "standardize the data, (x - mean) / std per column"
+            )
+        return
     needs = SUPPORTS.get(base, f"values in {base}")
     raise UsageError(f"the decoder's likelihood needs {needs} but {where} has others: {hint}")
 

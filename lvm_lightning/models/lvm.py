@@ -89,6 +89,16 @@ class LatentVariableModel(nn.Module):
         return self.encoder(x)
 
     @torch.no_grad()
+    def nonfinite_terms(self, x: Tensor) -> list[str]:
+        """Which of the weights, log q_φ(z|x), log p(z) and log p_θ(x|z) are NaN or infinite on the batch ``x``, at every z (enumerable) or one z ~ q_φ(z|x)."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            return ["the weights"]
+        q = self.posterior(x)
+        z = self.support() if self.discrete else q.sample()  # a categorical with NaN probabilities refuses to sample
+        terms = {"log q(z|x)": q.log_prob(z), "log p(z)": self.prior().log_prob(z), "log p(x|z)": self.decoder(z).log_prob(x)}
+        return [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
+
+    @torch.no_grad()
     def sample(self, num: int) -> Tensor:
         """x ~ p_θ(x) by ancestral sampling: z ~ p(z), x ~ p_θ(x|z); shape [num, D]."""
         return self.decoder(self.prior().sample((num,))).sample()

@@ -1,0 +1,33 @@
+"""Files written whole or not at all: a kill at any instant leaves the old file or the new one, never part of one."""
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+
+def write_atomically(path: Union[str, Path], data: bytes) -> None:
+    """Writes ``data`` to a hidden file beside ``path``, flushes it to the disk, then renames it to ``path`` (atomic within a folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the target, not in /tmp: a rename across file systems is a copy, which a kill can cut short.
+    temporary = path.with_name(f".{path.name}.partial")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save checkpoints, written by ``write_atomically`` (Lightning's own writer renames from /tmp, which copies across file systems)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None) -> None:
+        if "://" in str(path) or storage_options is not None:  # remote storage: Lightning's own transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomically(path, buffer.getvalue())
