@@ -9,7 +9,7 @@ validation is off in both. The best of ``repeats`` alternating runs is kept, aga
 other processes. Lightning runs as train.py does (TensorBoard logger, metrics every 10 steps) but
 without checkpointing or progress bar. The plain loop runs twice: as a user writes it (torch.bernoulli,
 torch's default Adam) and with the binarization and fused Adam that LVMModule uses, which leaves
-Lightning's own cost per step as the difference.
+Lightning's own cost per step as the difference (LVMModule flushes denormal floats to zero: see its setup).
 """
 
 import argparse
@@ -85,8 +85,9 @@ def iwae_loss(model: LatentVariableModel, x: Tensor, k: int) -> Tensor:
 
 def plain_seconds(model_args: dict, train: Tensor, batch_size: int, device: torch.device, warmup: int, steps: int, our_kernels: bool = False) -> float:
     """Seconds for ``steps`` steps of a hand-written loop: index a permutation, binarize on the device, Adam; torch.bernoulli
-    and torch's default Adam as a user writes it, or with ``our_kernels`` the binarization and fused Adam that LVMModule uses."""
+    and torch's default Adam as a user writes it, or with ``our_kernels`` the binarization, fused Adam and flushed denormals of LVMModule."""
     torch.manual_seed(0)
+    torch.set_flush_denormal(our_kernels)  # LVMModule's setup and teardown set and unset it for its own runs
     model = build_module(model_args, 784).lvm.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=model_args["lr"], fused=our_kernels)
     binarize = dynamic_binarize if our_kernels else torch.bernoulli

@@ -192,6 +192,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             check_output(output)
         if args["estimators"] is not None:
             args["estimators"] = [name for item in args["estimators"] for name in item.split(",") if name]
+        torch.set_flush_denormal(True)  # tiny importance weights: see LVMModule.setup
         report = evaluate_checkpoint(**args)
     except Exception as error:
         message = explain(error)

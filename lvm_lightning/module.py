@@ -174,9 +174,16 @@ class LVMModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         destroy_process_group_at_exit()  # under DDP on gloo; a no-op otherwise
+        # Importance weights far below the largest, exp(log w_k − max), and the gradients they carry become
+        # denormal floats (< 1.2e-38) within a hundred IWAE steps, and CPU arithmetic on those takes a slow
+        # path: a K = 50 Fashion-MNIST step slows from 47 to 187 ms. Flushed to 0 they change nothing visible.
+        torch.set_flush_denormal(True)
         # Checked where model and data meet: distributions do not check their arguments (models/families.py).
         if isinstance(self.trainer.datamodule, SplitData):
             self.check_data(self.trainer.datamodule)
+
+    def teardown(self, stage: str) -> None:
+        torch.set_flush_denormal(False)  # torch's default, for whatever the process runs next
 
     def configure_optimizers(self) -> Union[torch.optim.Optimizer, dict[str, Any]]:
         # Adam's fused kernel (CPU and CUDA): the same update in one pass over all parameters; on the CPU torch's default

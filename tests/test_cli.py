@@ -330,3 +330,14 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     logged = scalars(tmp_path / "runs" / "default" / "version_0")
     assert len(logged["val/log_px/exact"]) == 2 and len(logged["gap/amortization_gap"]) == 2
     assert logged["val/log_px/elbo"][-1] <= logged["val/log_px/exact"][-1] + 1e-3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_accelerator_without_a_gpu_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--trainer.accelerator", "gpu", *FAST])
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "there is no GPU here: use --trainer.accelerator cpu" in line
+    assert not (tmp_path / "runs").exists()

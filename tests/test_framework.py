@@ -259,3 +259,27 @@ def test_a_decoder_that_does_not_match_the_data_is_one_line():
     encoder = Conditional(torch.nn.Linear(4, 4), DiagonalGaussian(2))
     with pytest.raises(UsageError, match=r"rows of shape \(3,\) but the data have 4 columns"):
         LatentVariableModel(StandardNormalPrior(2), decoder, encoder, data_dim=4)
+
+
+def test_the_compiled_training_loss_equals_the_eager_one(monkeypatch):
+    """``compile=True``: torch.compile'd losses, with the eager random draws (inductor's fallback_random), give the same loss and gradient."""
+    import torch._inductor.config
+
+    from lvm_lightning.models import VAE
+    from lvm_lightning.objectives import ImportanceSampling
+
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    module = LVMModule(VAE(20, 4, encoder_hidden=[32], decoder_hidden=[32]), ImportanceSampling(5), compile=True)
+    x = torch.randn(16, 20)
+
+    def step(losses):
+        torch.manual_seed(3)
+        module.zero_grad()
+        loss, log_px = losses(x)
+        loss.backward()
+        return loss.detach(), log_px.detach(), [p.grad.clone() for p in module.parameters()]
+
+    eager, compiled = step(module.losses), step(module._losses)
+    assert module._losses is not module.losses
+    for a, b in zip(eager[:2] + tuple(eager[2]), compiled[:2] + tuple(compiled[2])):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
