@@ -27,6 +27,10 @@ def explain(error: BaseException) -> "str | None":
     if usage_error is not None:
         return " ".join(str(usage_error).split())
     message = " ".join(str(error).split())
+    if isinstance(error, UnicodeDecodeError):
+        return "a file read as text (a --config YAML?) is binary: pass a YAML config, e.g. one from configs/"
+    if isinstance(error, ModuleNotFoundError):
+        return f"a package this run needs is missing: {message}"
     if isinstance(error, MisconfigurationException):
         hint = "there is no GPU here: use --trainer.accelerator cpu" if "gpu" in message.lower() else "a Trainer setting: lvm-train fit --help lists them"
         return f"{message} ({hint})"

@@ -116,6 +116,8 @@ def evaluate_checkpoint(
     """
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
+    if gap_points < 0:
+        raise UsageError(f"--gap_points must be >= 0 (0: no gaps), got {gap_points}")
     check_device(device)
     import_trusted(trust)
     checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), checkpoint_path, trust)
@@ -165,8 +167,12 @@ def check_output(output: str) -> None:
         raise UsageError(f"--output {output} is a folder: pass a file name, e.g. {Path(output) / 'report.json'}")
     if not path.parent.is_dir():
         raise UsageError(f"--output {output}: its folder does not exist; create it first")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"--output {output} cannot be written here (permissions): pass a path you can write")
+    probe = path.with_name(f".{path.name}.partial")  # what write_atomically will create; os.access says yes to root even in /proc
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"--output {output} cannot be written ({error.strerror}): pass a path in a folder you can write") from None
 
 
 def parser() -> ArgumentParser:
@@ -186,7 +192,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.path.append(os.getcwd())  # classes of the user's own files in the working folder, for --trust
     try:
         cli = parser()
-        args = cli.instantiate_classes(cli.parse_args(argv)).as_dict()
+        args = cli.instantiate(cli.parse_args(argv)).as_dict()
         output = args.pop("output")
         if output:
             check_output(output)

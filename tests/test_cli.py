@@ -1,6 +1,9 @@
 """End to end as a user runs it: train.py, TensorBoard read back, evaluation in a fresh process, clear errors, resume."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +147,10 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "arrays.npz"], "is a .npz archive (arrays: a, b)"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "text.npy"], "is not a .npy file of numbers"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "no_rows.npy"], "needs at least one row"),
+        (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "empty_file.npy"], "is not a .npy file of numbers"),
+        (["--config", "binary.npy"], "is binary: pass a YAML config"),
+        (["--model.lvm.encoder_hidden", "[-5]"], "layer widths must be >= 1"),
+        (["--trainer.accelerator", "tpu"], "a package this run needs is missing"),
         (["--config", "CONFIGS/numpy_file.yaml"], "missing --data.path"),
         (["--config", "empty.yaml"], "the config file is empty"),
         (["--ckpt_path", "truncated.ckpt"], "damaged or truncated"),
@@ -160,6 +167,8 @@ def test_bad_training_input_is_one_line_before_a_run_folder(tmp_path, monkeypatc
     (tmp_path / "text.npy").write_text("1,2\n3,4\n")
     np.save(tmp_path / "no_rows.npy", np.zeros((0, 3)))
     (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "empty_file.npy").write_bytes(b"")
+    np.save(tmp_path / "binary.npy", np.ones((3, 2)))
     (tmp_path / "truncated.ckpt").write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *(a.replace("CONFIGS", str(ROOT / "configs")) for a in args)])
@@ -189,10 +198,14 @@ def bernoulli_checkpoint(tmp_path_factory) -> Path:
         (["--data_path", "grey.npy"], "needs binary values"),
         (["--output", "missing_folder/report.json"], "its folder does not exist"),
         (["--output", "."], "is a folder: pass a file name"),
+        (["--output", "/proc/report.json"], "cannot be written"),
+        (["--gap_points", "-1"], "--gap_points must be >= 0"),
+        (["--data_path", "empty.npy"], "is not a .npy file of numbers"),
     ],
 )
 def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys, args, message):
     np.save(tmp_path / "grey.npy", np.random.default_rng(0).uniform(size=(20, 4)))
+    (tmp_path / "empty.npy").write_bytes(b"")
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main([str(bernoulli_checkpoint), *(str(tmp_path / a) if a.endswith(".npy") else a for a in args)])
     assert exit_info.value.code == 2
@@ -341,3 +354,12 @@ def test_a_gpu_accelerator_without_a_gpu_is_one_line(tmp_path, monkeypatch, caps
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert "there is no GPU here: use --trainer.accelerator cpu" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluation_errors_are_one_line_with_warnings_shown(trained_run, tmp_path):
+    """As a user runs it, Python's warnings on: nothing but the error line on stderr."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
+    args = [sys.executable, "-m", "lvm_lightning.evaluate", str(trained_run / "checkpoints" / "last.ckpt"), "--num_samples", "0"]
+    result = subprocess.run(args, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("error: --num_samples")

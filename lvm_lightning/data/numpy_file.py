@@ -18,7 +18,7 @@ def load_array(path: str) -> Tensor:
         raise UsageError(f"data file {str(file)!r} not found: give the path of an existing .npy file holding an N×D array")
     try:
         array = np.load(file, allow_pickle=False)
-    except (ValueError, OSError):  # numpy's own message would suggest loading it unsafely
+    except (ValueError, OSError, EOFError):  # numpy's own message would suggest loading it unsafely; an empty file is EOFError
         raise UsageError(f"{str(file)!r} is not a .npy file of numbers: save an N×D float array with numpy.save(path, array)") from None
     if isinstance(array, np.lib.npyio.NpzFile):
         names = ", ".join(array.files)

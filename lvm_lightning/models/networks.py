@@ -24,6 +24,8 @@ def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (), act: st
     vector per category, as in a mixture model.
     """
     widths = [*hidden, out_features]
+    if min(in_features, *widths) < 1:
+        raise UsageError(f"layer widths must be >= 1, got input {in_features}, hidden {list(hidden)}, output {out_features}: pass e.g. [200, 200]")
     first = nn.Embedding(in_features, widths[0]) if categorical_input else nn.Linear(in_features, widths[0])
     layers: list[nn.Module] = [first]
     for a, b in zip(widths[:-1], widths[1:]):
