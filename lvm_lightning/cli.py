@@ -147,7 +147,11 @@ def main(args: Optional[list[str]] = None) -> None:
         argv = ["fit", *argv]
     try:
         # LightningCLI reads --ckpt_path's hyperparameters as it parses: a damaged file must be caught before that.
-        resume = resolve_resume(option_value(argv, "--ckpt_path"))
+        # --trust is ours, not LightningCLI's: the modules whose classes a resumed checkpoint may name (your own, as for lvm-evaluate).
+        trusted = [value for i, arg in enumerate(argv) for value in ([argv[i + 1]] if arg == "--trust" and i + 1 < len(argv) else [])]
+        trusted += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--trust=")]
+        argv = with_option(argv, "--trust", None)
+        resume = resolve_resume(option_value(argv, "--ckpt_path"), trusted)
         if resume is not None:
             argv = with_option(argv, "--ckpt_path", resume.ckpt_path)
         # LightningCLI warns when given args while sys.argv holds arguments too: hand it ours as sys.argv.

@@ -131,11 +131,11 @@ class LVMModule(pl.LightningModule):
         callback = self.trainer.checkpoint_callback
         last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         data = self.trainer.datamodule
-        scale = f"; largest |x| in the training split {float(data.splits['train'].abs().max()):.3g}" if isinstance(data, SplitData) else ""
-        return UsageError(
-            f"{what} at step {self.global_step} (epoch {self.current_epoch}){scale}; last good checkpoint: {last or 'none yet'}. "
-            "Standardize the data, e.g. (x - mean) / std, or lower --model.lr"
-        )
+        largest = float(data.splits["train"].abs().max()) if isinstance(data, SplitData) else None
+        scale = f"; largest |x| in the training split {largest:.3g}" if largest is not None else ""
+        # Data of moderate scale point at the step size; large or unknown scale at the data first.
+        advice = "Lower --model.lr" if largest is not None and largest < 1e3 else "Standardize the data, e.g. (x - mean) / std, or lower --model.lr"
+        return UsageError(f"{what} at step {self.global_step} (epoch {self.current_epoch}){scale}; last good checkpoint: {last or 'none yet'}. {advice}")
 
     @torch.no_grad()
     def _evaluate(self, x: Tensor, stage: str, batch_idx: int) -> None:

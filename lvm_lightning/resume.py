@@ -12,7 +12,7 @@ so that every step's point appears once.
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint
 from lvm_lightning.errors import UsageError
@@ -33,35 +33,37 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resolve_resume(ckpt_path: Optional[str]) -> Optional[Resume]:
+def resolve_resume(ckpt_path: Optional[str], trusted: Sequence[str] = ()) -> Optional[Resume]:
     """The checkpoint that ``--ckpt_path`` resumes from (see the module's docstring); None when there is nothing to resolve.
 
-    Raises UsageError when the file is missing and not in a run's checkpoints folder, or when no checkpoint there loads.
+    Only ``RUN_FOLDER/checkpoints/last.ckpt`` falls back to the checkpoints beside it (a mistyped or damaged name
+    of any other file is an error, not a resume of something else). ``trusted``: modules whose classes it may name.
+    Raises UsageError when the file is missing (outside a run's checkpoints folder), or when no candidate loads.
     """
     if ckpt_path is None or ckpt_path in LIGHTNING_NAMES:
         return None
     given = Path(ckpt_path)
     folder = given.parent
     run_folder = folder.parent if folder.name == "checkpoints" else None
-    beside = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    falls_back = run_folder is not None and given.name == "last.ckpt"
     # last.ckpt is written after the epoch's own checkpoint: a kill between the two leaves the epoch's newer.
-    candidates = beside if given.name == "last.ckpt" else [given, *(p for p in beside if p != given)]
-    refusals = {}
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if falls_back else [given]
+    refusals = []
     for candidate in candidates:
         try:
-            checkpoint = read_checkpoint(checkpoint_bytes(candidate), str(candidate))
+            checkpoint = read_checkpoint(checkpoint_bytes(candidate), str(candidate), trusted)
         except UsageError as error:
-            refusals[candidate] = error
+            refusals.append(error)
             continue
         if candidate != given:
-            why = "does not load" if given in refusals else "missing" if not given.is_file() else "older"
+            why = "missing" if not given.is_file() else "older" if given not in candidates[: len(refusals)] else "does not load"
             _say(f"resuming from {str(candidate)!r}, the newest checkpoint that loads ({ckpt_path!r} {why})")
         return Resume(str(candidate), run_folder, int(checkpoint.get("global_step", 0)))
-    if given in refusals and len(refusals) == 1:
-        raise refusals[given]
+    if len(refusals) == 1 and (given.is_file() or not falls_back):
+        raise refusals[0]
     if refusals:
-        raise UsageError(f"no checkpoint in {str(folder)!r} loads ({len(refusals)} tried): start the run afresh without --ckpt_path")
-    if run_folder is not None:  # a run stopped before its first checkpoint, or before it made its folder
+        raise UsageError(f"no checkpoint in {str(folder)!r} loads ({len(refusals)} tried); the newest: {refusals[0]}")
+    if falls_back:  # a run stopped before its first checkpoint, or before it made its folder
         _say(f"{str(run_folder)!r} has no checkpoint yet (the run was stopped before its first): starting it afresh in that folder")
         return Resume(None, run_folder, 0)
     raise UsageError(f"--ckpt_path {ckpt_path!r} not found: pass a run's RUN_FOLDER/checkpoints/last.ckpt, or start afresh without --ckpt_path")

@@ -283,3 +283,14 @@ def test_the_compiled_training_loss_equals_the_eager_one(monkeypatch):
     assert module._losses is not module.losses
     for a, b in zip(eager[:2] + tuple(eager[2]), compiled[:2] + tuple(compiled[2])):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_of_the_users_own_classes_resumes_with_trust(user_run):
+    """Resuming names the user's classes from the checkpoint: refused by name without --trust, resumed with it."""
+    checkpoint = user_run / "runs" / "default" / "version_0" / "checkpoints" / "last.ckpt"
+    resume = [str(ROOT / "train.py"), "fit", "--config", "student_t.yaml", *QUICK, "--trainer.max_epochs", "3", "--ckpt_path", str(checkpoint)]
+    refused = run_tool(resume, user_run)
+    assert refused.returncode == 2 and "my_models.StudentTDecoder" in refused.stderr and "--trust my_models" in refused.stderr, refused.stderr[-2000:]
+    resumed = run_tool([*resume, "--trust", "my_models"], user_run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2

@@ -118,3 +118,18 @@ def test_fault_drill_three_kills(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "fault_drill.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "kills: 3" in result.stdout and "0 of" in result.stdout
+
+
+def test_no_fall_back_to_checkpoints_outside_a_run_folder(tmp_path, monkeypatch, capsys):
+    """A damaged checkpoint among unrelated ones (not a run's checkpoints/ folder) is an error, not a resume from a stranger."""
+    monkeypatch.chdir(tmp_path)
+    train("other", 1)
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    shutil.copy(tmp_path / "runs" / "other" / "version_0" / "checkpoints" / "last.ckpt", shelf / "someone_elses.ckpt")
+    (shelf / "mine.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--ckpt_path", str(shelf / "mine.ckpt"), *FAST])
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "mine.ckpt" in line and "damaged or truncated" in line
