@@ -74,10 +74,15 @@ class LVMCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """The trainer with the parsed callbacks, less the checkpoint and the progress bar when the trainer turns them off (Lightning refuses both),
-        writing checkpoints atomically unless other plugins are given."""
+        writing checkpoints atomically unless other plugins are given; for fit, once the data are checked against the model."""
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         off = tuple(kind for kind, flag in ((ModelCheckpoint, "enable_checkpointing"), (ProgressBar, "enable_progress_bar")) if config.get(flag) is False)
+        if self.subcommand == "fit" and isinstance(self.datamodule, SplitData):
+            # Before the Trainer (whose start-up lines would stand before the error) and before the run folder:
+            # loads the splits on the CPU (fit moves them to the device later) and checks them against the model.
+            self.datamodule.setup("fit")
+            self.model.check_data(self.datamodule)
         if config.get("plugins") is None:
             config["plugins"] = [AtomicCheckpointIO()]  # a kill while a checkpoint is written leaves the previous one whole
         return self._instantiate_trainer(config, [callback for callback in callbacks if not isinstance(callback, off)])
@@ -93,10 +98,6 @@ class LVMCLI(LightningCLI):
             print(
                 f"warning: {devices} processes on {cores} CPU cores: each step waits for the slowest; pass --trainer.devices {cores} or fewer", file=sys.stderr
             )
-        if isinstance(self.datamodule, SplitData):
-            # Loads the splits on the CPU (fit moves them to the device later): bad data stop the run before its folder is made.
-            self.datamodule.setup("fit")
-            self.model.check_data(self.datamodule)
         self._say("run folder (TensorBoard logs and checkpoints): {log_dir}")
 
     def after_fit(self) -> None:

@@ -118,6 +118,7 @@ def test_load_from_checkpoint_needs_no_config(trained_run):
         (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "missing.npy"], "not found"),
         (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "wrong_shape.npy"], "expected N×D"),
         (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "with_nan.npy"], "NaN"),
+        (["train.py", "fit", "--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge.npy"], "standardize the data"),  # before Lightning's own lines
         (["-m", "lvm_lightning.evaluate", "no/such.ckpt"], "not found"),
         (["-m", "lvm_lightning.evaluate", "not_a_checkpoint.ckpt"], "not an lvm_lightning checkpoint"),
     ],
@@ -125,6 +126,7 @@ def test_load_from_checkpoint_needs_no_config(trained_run):
 def test_bad_input_gives_one_line_error(tmp_path, args, message):
     np.save(tmp_path / "wrong_shape.npy", np.ones((4, 3, 2)))
     np.save(tmp_path / "with_nan.npy", np.array([[1.0, np.nan]] * 5))
+    np.save(tmp_path / "huge.npy", np.full((20, 2), 1e30, dtype=np.float32))
     (tmp_path / "not_a_checkpoint.ckpt").write_text("hello")
     args = [str(ROOT / a) if a == "train.py" else a.replace("CONFIGS", str(ROOT / "configs")) for a in args]
     result = run_tool(args, tmp_path)
