@@ -104,15 +104,15 @@ class LVMCLI(LightningCLI):
         self._say("checkpoints: {log_dir}/checkpoints  (evaluate: lvm-evaluate CKPT)")
 
 
-def option_value(argv: list[str], name: str) -> Optional[str]:
-    """The value given to the command-line option ``name`` (``NAME VALUE`` or ``NAME=VALUE``), the last one if repeated."""
-    value = None
+def option_values(argv: list[str], name: str) -> list[str]:
+    """The values given to the command-line option ``name`` (``NAME VALUE`` or ``NAME=VALUE``), in order."""
+    values = []
     for i, arg in enumerate(argv):
         if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
+            values.append(argv[i + 1])
         elif arg.startswith(f"{name}="):
-            value = arg.split("=", 1)[1]
-    return value
+            values.append(arg.split("=", 1)[1])
+    return values
 
 
 def with_option(argv: list[str], name: str, value: Optional[str]) -> list[str]:
@@ -149,10 +149,9 @@ def main(args: Optional[list[str]] = None) -> None:
     try:
         # LightningCLI reads --ckpt_path's hyperparameters as it parses: a damaged file must be caught before that.
         # --trust is ours, not LightningCLI's: the modules whose classes a resumed checkpoint may name (your own, as for lvm-evaluate).
-        trusted = [value for i, arg in enumerate(argv) for value in ([argv[i + 1]] if arg == "--trust" and i + 1 < len(argv) else [])]
-        trusted += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--trust=")]
+        trusted = option_values(argv, "--trust")
         argv = with_option(argv, "--trust", None)
-        resume = resolve_resume(option_value(argv, "--ckpt_path"), trusted)
+        resume = resolve_resume((option_values(argv, "--ckpt_path") or [None])[-1], trusted)  # the last one counts, as in argparse
         if resume is not None:
             argv = with_option(argv, "--ckpt_path", resume.ckpt_path)
         # LightningCLI warns when given args while sys.argv holds arguments too: hand it ours as sys.argv.
