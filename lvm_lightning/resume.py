@@ -48,21 +48,21 @@ def resolve_resume(ckpt_path: Optional[str], trusted: Sequence[str] = ()) -> Opt
     falls_back = run_folder is not None and given.name == "last.ckpt"
     # last.ckpt is written after the epoch's own checkpoint: a kill between the two leaves the epoch's newer.
     candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if falls_back else [given]
-    refusals = []
+    refusals: dict[Path, UsageError] = {}
     for candidate in candidates:
         try:
             checkpoint = read_checkpoint(checkpoint_bytes(candidate), str(candidate), trusted)
         except UsageError as error:
-            refusals.append(error)
+            refusals[candidate] = error
             continue
         if candidate != given:
-            why = "missing" if not given.is_file() else "older" if given not in candidates[: len(refusals)] else "does not load"
+            why = "does not load" if given in refusals else "missing" if not given.is_file() else "older"
             _say(f"resuming from {str(candidate)!r}, the newest checkpoint that loads ({ckpt_path!r} {why})")
         return Resume(str(candidate), run_folder, int(checkpoint.get("global_step", 0)))
-    if len(refusals) == 1 and (given.is_file() or not falls_back):
-        raise refusals[0]
+    if list(refusals) == [given]:
+        raise refusals[given]
     if refusals:
-        raise UsageError(f"no checkpoint in {str(folder)!r} loads ({len(refusals)} tried); the newest: {refusals[0]}")
+        raise UsageError(f"no checkpoint in {str(folder)!r} loads ({len(refusals)} tried); the newest: {next(iter(refusals.values()))}")
     if falls_back:  # a run stopped before its first checkpoint, or before it made its folder
         _say(f"{str(run_folder)!r} has no checkpoint yet (the run was stopped before its first): starting it afresh in that folder")
         return Resume(None, run_folder, 0)
