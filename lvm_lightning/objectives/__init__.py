@@ -1,5 +1,6 @@
 """Estimators of log p_θ(x) and the training signals built from them."""
 
+from lvm_lightning.objectives.ais import AIS, annealing_schedule, simulate
 from lvm_lightning.objectives.encoder import EncoderObjective, resolve_encoder_objective, wake_objective
 from lvm_lightning.objectives.estimators import (
     ELBO,
@@ -11,13 +12,16 @@ from lvm_lightning.objectives.estimators import (
     PriorSampling,
     SampledEstimator,
     amortized_elbo,
+    applies,
     elbo,
     evaluation_estimators,
     importance_log_weights,
+    log_mean_exp_stderr,
     tractable,
 )
 
 __all__ = [
+    "AIS",
     "ELBO",
     "EncoderObjective",
     "Estimate",
@@ -28,10 +32,14 @@ __all__ = [
     "PriorSampling",
     "SampledEstimator",
     "amortized_elbo",
+    "annealing_schedule",
+    "applies",
     "elbo",
     "evaluation_estimators",
     "importance_log_weights",
+    "log_mean_exp_stderr",
     "resolve_encoder_objective",
+    "simulate",
     "tractable",
     "wake_objective",
 ]

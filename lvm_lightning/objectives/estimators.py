@@ -8,7 +8,7 @@ estimators draw log-weights shaped [K, B] in chunks, so memory stays bounded how
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Optional, Sequence
 
 import torch
@@ -25,10 +25,11 @@ DEFAULT_CHUNK_SIZE = 2**16
 
 @dataclass
 class Estimate:
-    """log p̂(x) per point, shape [B], and the log-weights [K, B] it was reduced from."""
+    """log p̂(x) per point, shape [B], the log-weights [K, B] it was reduced from, and any per-point statistics [B] of how they were drawn."""
 
     log_px: Tensor
     log_weights: Tensor
+    statistics: dict[str, Tensor] = field(default_factory=dict)
 
     def effective_sample_size(self) -> Tensor:
         """ESS = (Σ_k w_k)² / Σ_k w_k² per point, between 1 and K."""
@@ -40,6 +41,12 @@ class Estimate:
         if self.log_weights.shape[0] < 2:
             return torch.zeros_like(self.log_px)
         return self.log_weights.std(0)
+
+
+def log_mean_exp_stderr(estimate: Estimate) -> Tensor:
+    """The standard error of log (1/K) Σ_k w_k by the delta method: √((K/ESS − 1)/K), per point."""
+    k = estimate.log_weights.shape[0]
+    return ((k / estimate.effective_sample_size() - 1).clamp(min=0) / k).sqrt()
 
 
 @dataclass
@@ -119,11 +126,7 @@ class Exact(Estimator):
 
 def tractable(model: LatentVariableModel) -> bool:
     """Whether log p(x) has an exact form here (an enumerable z, or a closed-form marginal)."""
-    try:
-        Exact().check(model)
-    except UsageError:
-        return False
-    return True
+    return applies(Exact(), model)
 
 
 class SampledEstimator(Estimator):
@@ -178,9 +181,7 @@ class SampledEstimator(Estimator):
         return self.from_log_weights(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
 
     def stderr(self, estimate: Estimate) -> Tensor:
-        """Delta method for a log-mean-exp: √((K/ESS − 1)/K)."""
-        k = estimate.log_weights.shape[0]
-        return ((k / estimate.effective_sample_size() - 1).clamp(min=0) / k).sqrt()
+        return log_mean_exp_stderr(estimate)
 
     def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
         """ESS/K, the spread of the log-weights, and the standard error."""
@@ -282,14 +283,29 @@ def amortized_elbo(model: LatentVariableModel, x: Tensor) -> Tensor:
 
 
 def evaluation_estimators(
-    model: LatentVariableModel, num_samples: int, chunk_size: Optional[int] = None, names: Optional[Sequence[str]] = None
+    model: LatentVariableModel,
+    num_samples: int,
+    chunk_size: Optional[int] = None,
+    names: Optional[Sequence[str]] = None,
+    optional: Sequence[Estimator] = (),
 ) -> list[Estimator]:
-    """Every estimate that applies to ``model`` (exact when tractable, prior- and importance-sampled at K, the ELBO), or those in ``names``."""
+    """Every estimate that applies to ``model`` (exact when tractable, prior- and importance-sampled at K, the ELBO), or those in ``names``,
+    which may also name the ``optional`` ones that apply (costlier estimators, such as AIS, run only when asked for)."""
     sampled = [PriorSampling(num_samples, chunk_size), ImportanceSampling(num_samples, chunk_size), ELBO(num_samples, chunk_size)]
     applicable = {estimator.name: estimator for estimator in ([Exact()] if tractable(model) else []) + sampled}
     if names is None:
         return list(applicable.values())
-    unknown = [name for name in names if name not in applicable]
+    choices = {**applicable, **{estimator.name: estimator for estimator in optional if applies(estimator, model)}}
+    unknown = [name for name in names if name not in choices]
     if unknown or not names:
-        raise UsageError(f"unknown or inapplicable estimators {unknown or '(none given)'}: choose among {', '.join(applicable)}")
-    return [applicable[name] for name in names]
+        raise UsageError(f"unknown or inapplicable estimators {unknown or '(none given)'}: choose among {', '.join(choices)}")
+    return [choices[name] for name in names]
+
+
+def applies(estimator: Estimator, model: LatentVariableModel) -> bool:
+    """Whether ``estimator.check(model)`` passes."""
+    try:
+        estimator.check(model)
+    except UsageError:
+        return False
+    return True
