@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau
 
 from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
 from lvm_lightning.data.protocol import SplitData
@@ -18,7 +18,7 @@ from lvm_lightning.models.families import check_support
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Estimator, evaluation_estimators
 from lvm_lightning.rng import seeded_fork
-from lvm_lightning.schedules import LRSchedule, burda_lr_factor
+from lvm_lightning.schedules import PLATEAU, PLATEAU_MONITOR, LRSchedule, burda_lr_factor
 
 PARTS = ("lvm", "estimator")
 TRAINING_HINT = (
@@ -30,7 +30,8 @@ class LVMModule(pl.LightningModule):
     """Maximizes Σ_i of ``estimator``'s training objective for the model ``lvm`` (θ and φ, by Adam).
 
     Both are objects: in YAML a ``class_path`` with ``init_args`` (LightningCLI), in Python instances.
-    Validation and test log every estimate of log p(x) that applies, at K = ``eval_num_samples``.
+    Validation and test log every estimate of log p(x) that applies, at K = ``eval_num_samples``, and validation the tightest as
+    val/log_px. Before the first step of a fresh fit the model takes its data-dependent start, if it has one (``lvm.initialize``).
     A run started by LightningCLI stores each part's class path and arguments in its checkpoint, so
     ``load_from_checkpoint(path)`` rebuilds it; a module built in Python keeps its parts out of the
     checkpoint (they are objects): pass them again, ``load_from_checkpoint(path, lvm=…, estimator=…)``.
@@ -66,6 +67,8 @@ class LVMModule(pl.LightningModule):
         # of 7–20 s at the first step: worth it for long runs at large K, not for a few epochs at K = 1 (README).
         self._losses = torch.compile(self.losses) if compile else self.losses
         self._resume_rng_state: Optional[dict[str, Tensor]] = None
+        # Cleared once the model has started from the data, or has weights from a checkpoint (a resumed run's must win).
+        self._initialize_from_data = True
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -148,8 +151,9 @@ class LVMModule(pl.LightningModule):
             log[f"{stage}/log_px/{name}"] = result.log_px.mean()
             log.update({f"{stage}/{quantity}/{name}": value.mean() for quantity, value in result.diagnostics.items()})
         if stage == "val":
-            # The tightest estimate of log p(x) (each is a lower bound, or exact) as TensorBoard's HPARAMS metric.
-            log["hp_metric"] = torch.stack([result.log_px.mean() for result in per_point.values()]).max()
+            # The tightest estimate of log p(x) (each is a lower bound, or exact): what early stopping, the plateau schedule and
+            # the convergence callback monitor, and TensorBoard's HPARAMS metric.
+            log["val/log_px"] = log["hp_metric"] = torch.stack([result.log_px.mean() for result in per_point.values()]).max()
         self.log_dict(log, batch_size=len(x), sync_dist=True)
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
@@ -196,6 +200,11 @@ class LVMModule(pl.LightningModule):
             # lr·½(1 + cos(π t/T)) at step t of the run's T steps: ends at 0 whatever max_epochs is.
             total = self.trainer.estimated_stepping_batches
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}}
+        if self.hparams.lr_schedule == "plateau":
+            # Stepped after each validation with its value of the monitored estimate (Lightning reads it from the logged metrics).
+            scheduler = ReduceLROnPlateau(optimizer, **PLATEAU)
+            every = self.trainer.check_val_every_n_epoch or 1
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": PLATEAU_MONITOR, "interval": "epoch", "frequency": every}}
         # Burda et al. (2016): 3^i epochs at lr·10^(−i/7), i = 0..7; LambdaLR steps once per epoch.
         return {"optimizer": optimizer, "lr_scheduler": LambdaLR(optimizer, burda_lr_factor)}
 
@@ -206,6 +215,19 @@ class LVMModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng_state = checkpoint.get("rng_state")
+        self._initialize_from_data = False
+
+    def on_fit_start(self) -> None:
+        # After Lightning has restored a resumed run's checkpoint (on_load_checkpoint), before the first step and the sanity check.
+        data = self.trainer.datamodule
+        if not self._initialize_from_data or not isinstance(data, SplitData):
+            return
+        self._initialize_from_data = False
+        # Seeded by the run's seed, in a fork: the same start every time (and on every DDP rank, from the same rows), and the
+        # training stream as without it.
+        with seeded_fork(self.device, torch.initial_seed()):
+            x, transform = data.splits["train"].to(self.device), data.transform("train")
+            self.lvm.initialize(transform(x) if transform is not None else x)
 
     def on_train_start(self) -> None:
         # Lightning restores weights, optimizer and loops but not torch's RNG: without it a resumed run

@@ -9,17 +9,20 @@ import math
 from typing import Literal, Optional, Sequence, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.distributions import Distribution, MultivariateNormal
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.conv import ConvDecoder, ConvEncoder
 from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, Likelihood, likelihood_family
+from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
 
 Network = Literal["mlp", "conv"]
+MixtureInit = Literal["auto", "kmeans", "random"]
+INIT_ROWS = 100_000  # k-means on at most this many training rows (drawn at random): more change the start little and cost more
 
 
 def conditionals(
@@ -68,6 +71,9 @@ class MixtureModel(LatentVariableModel):
 
     With no decoder hidden layers the decoder is a table, one parameter row per component: with a
     Gaussian likelihood this is a Gaussian mixture with C components, whose log p(x) is enumerated exactly.
+    ``init`` 'kmeans' starts such a table from the training data before training, as EM software does
+    (``initialize``): means from k-means, variances and weights from its clusters, the best of ``n_init``
+    k-means runs by log p(x). 'auto' (the default) is 'kmeans' for a Gaussian table, 'random' otherwise.
     """
 
     def __init__(
@@ -82,7 +88,18 @@ class MixtureModel(LatentVariableModel):
         decoder_std: GaussianStd = "learned",
         network: Network = "mlp",
         image_shape: Optional[Sequence[int]] = None,
+        init: MixtureInit = "auto",
+        n_init: int = 5,
     ) -> None:
+        table = likelihood == "gaussian" and network == "mlp" and not decoder_hidden
+        if init == "kmeans" and not table:
+            raise UsageError(
+                "init 'kmeans' sets a table of Gaussian components: it needs likelihood 'gaussian' and decoder_hidden [] (network 'mlp'); use init 'random'"
+            )
+        if init not in ("auto", "kmeans", "random"):
+            raise UsageError(f"unknown init {init!r}: choose 'auto', 'kmeans' or 'random'")
+        if n_init < 1:
+            raise UsageError(f"n_init must be >= 1, got {n_init}")
         decoder, encoder = conditionals(
             data_dim,
             num_components,
@@ -97,6 +114,39 @@ class MixtureModel(LatentVariableModel):
             image_shape,
         )
         super().__init__(CategoricalPrior(num_components, learn=learn_prior), decoder, encoder, data_dim)
+        self.init = "kmeans" if init == "auto" and table else "random" if init == "auto" else init
+        self.num_components, self.n_init = num_components, n_init
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """With init 'kmeans': the components from k-means clusters of the training rows ``x`` [N, D], the best of n_init runs by mean log p(x)."""
+        if self.init != "kmeans":
+            return
+        if len(x) > INIT_ROWS:
+            x = x[torch.randperm(len(x), device=x.device)[:INIT_ROWS]]
+        runs = [
+            self._constrained(DiagonalMixture.of_clusters(x, lloyd(x, kmeans_plus_plus(x, self.num_components)), self.num_components))
+            for _ in range(self.n_init)
+        ]
+        best = max(runs, key=lambda mixture: float(mixture.log_prob(x).mean()))
+        family, table = self.decoder.family, self.decoder.net[0].weight  # [C, P], P = 2D ([μ, log σ]) or D (μ)
+        table.copy_(torch.cat([best.means, 0.5 * best.variances.log()], 1) if family.std == "learned" else best.means)
+        if family.std == "shared":
+            family.log_std.copy_(0.5 * best.variances[0, 0].log())
+        if isinstance(self.prior.logits, nn.Parameter):
+            self.prior.logits.copy_(best.log_weights)
+
+    def _constrained(self, mixture: DiagonalMixture) -> DiagonalMixture:
+        """``mixture`` within this model's family: uniform weights unless the prior is learned, one pooled variance for a shared σ, σ² for a fixed σ."""
+        log_weights, variances = mixture.log_weights, mixture.variances
+        std = self.decoder.family.std
+        if std == "shared":
+            variances = torch.full_like(variances, float(log_weights.exp() @ variances.mean(1)))
+        elif std != "learned":
+            variances = torch.full_like(variances, float(std) ** 2)
+        if not isinstance(self.prior.logits, nn.Parameter):
+            log_weights = torch.zeros_like(log_weights)
+        return DiagonalMixture(log_weights, mixture.means, variances)
 
 
 class VAE(LatentVariableModel):

@@ -65,6 +65,9 @@ class LatentVariableModel(nn.Module):
             if rows != (data_dim,):
                 raise UsageError(f"the decoder gives rows of shape {rows} but the data have {data_dim} columns: set its output size to {data_dim}")
 
+    def initialize(self, x: Tensor) -> None:
+        """Sets parameters from the training rows ``x`` [N, D] once, before training (a mixture's k-means start); by default the weights keep their random start."""
+
     def marginal(self) -> Optional[Distribution]:
         """p_θ(x) in closed form, for models that have one (the linear-Gaussian model); None otherwise."""
         return None
