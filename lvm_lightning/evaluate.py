@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: every applicable estimate of log p(x), and the amortization gap, on its test split or on a .npy file.
 
-lvm-evaluate CKPT [--data_path FILE.npy] [--num_samples K] [--gap_points N] [--gap.max_steps S] [--trust MODULE] [--output FILE.json]
+lvm-evaluate CKPT [--data_path FILE.npy] [--num_samples K] [--estimators NAME ...] [--ais.num_steps T] [--bdmc N]
+             [--gap_points N] [--gap.max_steps S] [--gap_log_px ais] [--trust MODULE] [--output FILE.json]
 """
 
 import json
@@ -8,7 +9,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from jsonargparse import ArgumentParser
@@ -22,7 +23,7 @@ from lvm_lightning.files import write_atomically
 from lvm_lightning.inference import LocalOptimizer, format_gaps, gap_summary
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import evaluation_estimators
+from lvm_lightning.objectives import AIS, Estimator, evaluation_estimators, simulate
 from lvm_lightning.timing import timed
 
 
@@ -41,12 +42,13 @@ def estimate_log_px(
     batch_size: int = 1024,
     chunk_size: Optional[int] = None,
     names: Optional[Sequence[str]] = None,
+    optional: Sequence[Estimator] = (),
 ) -> dict[str, dict[str, Any]]:
-    """{estimator name: mean log p̂(x), stderr over points, K, N, and the mean of each of its diagnostics} over the rows of ``x``, in batches.
+    """{estimator name: mean log p̂(x), stderr over points, K, N, the mean of each of its diagnostics, and its settings} over the rows of ``x``, in batches.
 
-    ``names`` chooses the estimators (default: every one that applies); those that share draws share them.
+    ``names`` chooses the estimators (default: every one that applies), and may name the ``optional`` ones; those that share draws share them.
     """
-    estimators = evaluation_estimators(model, num_samples, chunk_size, names)
+    estimators = evaluation_estimators(model, num_samples, chunk_size, names, optional)
     batches = [estimate_all(model, batch, estimators) for batch in x.split(batch_size)]
     results = {}
     for name, first in batches[0].items():
@@ -54,7 +56,24 @@ def estimate_log_px(
         entry["num_samples"] = first.num_samples
         entry.update({key: torch.cat([batch[name].diagnostics[key] for batch in batches]).mean().item() for key in first.diagnostics})
         results[name] = entry
+    for estimator in estimators:
+        if estimator.settings():
+            results[estimator.name]["settings"] = estimator.settings()
     return results
+
+
+def bdmc_sandwich(model: LatentVariableModel, num_points: int, ais: AIS) -> dict[str, Any]:
+    """The BDMC sandwich on ``num_points`` points simulated from the model: AIS's lower bound, the reverse chains' upper bound
+    (started at the simulating z, an exact posterior sample), and its width, mean over points with standard errors."""
+    x, z = simulate(model, num_points)
+    (lower, upper), seconds = timed(lambda: (ais.estimate(model, x).log_px, ais.upper_bound(model, x, z).log_px), x.device)
+    return {
+        "lower": summarize(lower),
+        "upper": summarize(upper),
+        "width": summarize(upper - lower),
+        "seconds_per_point": seconds / num_points,
+        "settings": ais.settings(),
+    }
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:
@@ -105,19 +124,25 @@ def evaluate_checkpoint(
     gap: LocalOptimizer = LocalOptimizer(),
     trust: Sequence[str] = (),
     estimators: Optional[Sequence[str]] = None,
+    ais: Optional[AIS] = None,
+    bdmc: int = 0,
+    gap_log_px: Literal["importance_sampling", "ais"] = "importance_sampling",
 ) -> dict[str, Any]:
     """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?, 'gaps'?}.
 
     'gaps' (when gap_points > 0): the amortization/approximation decomposition on the first
     gap_points points with q* fit by ``gap``, log p(x) importance-sampled from q* with num_samples
     where it has no exact form (inference/gaps.py). ``trust``: modules whose classes the checkpoint may name.
-    ``estimators``: which to run (exact, prior_sampling, importance_sampling, elbo; default all that apply).
-    'cost' gives the seconds the estimates took, per point, and the peak memory.
+    ``estimators``: which to run (exact, prior_sampling, importance_sampling, elbo, ais; default all that apply but ais),
+    with ``ais`` (default ``AIS()``) for AIS. 'cost' gives the seconds the estimates took, per point, and the peak memory.
+    'bdmc' (when ``bdmc`` > 0): ``bdmc_sandwich`` on that many simulated points. ``gap_log_px`` 'ais': the gaps' log p(x) by
+    ``ais`` started from q* where it has no exact form.
     """
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
-    if gap_points < 0:
-        raise UsageError(f"--gap_points must be >= 0 (0: no gaps), got {gap_points}")
+    if gap_points < 0 or bdmc < 0:
+        raise UsageError(f"--gap_points and --bdmc must be >= 0 (0: none), got {gap_points} and {bdmc}")
+    ais = ais or AIS()
     check_device(device)
     import_trusted(trust)
     checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), checkpoint_path, trust)
@@ -138,10 +163,13 @@ def evaluate_checkpoint(
     torch.manual_seed(seed)
     if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(x.device)
-    report["estimates"], seconds = timed(lambda: estimate_log_px(model, x, num_samples, batch_size, chunk_size, estimators), x.device)
+    report["estimates"], seconds = timed(lambda: estimate_log_px(model, x, num_samples, batch_size, chunk_size, estimators, (ais,)), x.device)
     report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), **peak_memory(x.device)}
     if gap_points > 0:
-        report["gaps"] = gap_summary(model, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size)
+        log_px_ais = ais if gap_log_px == "ais" else None
+        report["gaps"] = gap_summary(model, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais)
+    if bdmc > 0:
+        report["bdmc"] = bdmc_sandwich(model, bdmc, ais)
     if datamodule is not None and datamodule.true_density is not None:
         report["true_log_px"] = summarize(torch.cat([true_log_prob(datamodule.true_density, b) for b in x.split(batch_size)]))
     return report
@@ -158,6 +186,16 @@ def format_table(report: dict[str, Any]) -> str:
         rows.append((name, f"{e['mean']:.4f}", stderr, str(e["num_samples"]), str(e["num_points"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def format_bdmc(sandwich: dict[str, Any]) -> str:
+    """The sandwich as one line (nats per point)."""
+    lower, upper, width = sandwich["lower"], sandwich["upper"], sandwich["width"]
+    stderr = "" if width["stderr"] is None else f" ± {width['stderr']:.4f}"
+    return (
+        f"BDMC on {width['num_points']} simulated points: AIS {lower['mean']:.4f} <= log p(x) <= reverse AIS {upper['mean']:.4f}, "
+        f"width {width['mean']:.4f}{stderr} ({sandwich['seconds_per_point']:.2f} s per point)"
+    )
 
 
 def check_output(output: str) -> None:
@@ -178,10 +216,11 @@ def check_output(output: str) -> None:
 def parser() -> ArgumentParser:
     """The command line: the arguments of ``evaluate_checkpoint``, q*'s settings as ``--gap.NAME``, and ``--output``."""
     parser = ArgumentParser(prog="lvm-evaluate", description=__doc__.splitlines()[0], exit_on_error=False)
-    parser.add_function_arguments(evaluate_checkpoint, as_positional=True, skip={"device", "trust", "estimators"})
+    parser.add_function_arguments(evaluate_checkpoint, as_positional=True, skip={"device", "trust", "estimators", "ais"})
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--trust", type=str, nargs="+", default=[], help="modules (or classes) of your own that the checkpoint may name")
-    parser.add_argument("--estimators", type=str, nargs="+", help="which to run, e.g. importance_sampling elbo (or a,b); default: all that apply")
+    parser.add_argument("--estimators", type=str, nargs="+", help="which to run, e.g. importance_sampling elbo ais (or a,b); default: all that apply but ais")
+    parser.add_class_arguments(AIS, "ais")  # --ais.num_steps, --ais.num_chains, ...: the AIS of --estimators ais, --bdmc and --gap_log_px ais
     parser.add_argument("--output", type=Optional[str], help="also write the report to this JSON file")
     return parser
 
@@ -207,6 +246,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"error: {message.replace('lvm-train fit --help', 'lvm-evaluate --help')}", file=sys.stderr)
         sys.exit(2)
     print(format_table(report))
+    if "bdmc" in report:
+        print(format_bdmc(report["bdmc"]))
     if "gaps" in report:
         print(format_gaps(report["gaps"]))
     if output:

@@ -201,18 +201,45 @@ def bernoulli_checkpoint(tmp_path_factory) -> Path:
         (["--output", "missing_folder/report.json"], "its folder does not exist"),
         (["--output", "."], "is a folder: pass a file name"),
         (["--output", "/proc/report.json"], "cannot be written"),
-        (["--gap_points", "-1"], "--gap_points must be >= 0"),
+        (["--gap_points", "-1"], "--gap_points and --bdmc must be >= 0"),
+        (["--bdmc", "-2"], "--gap_points and --bdmc must be >= 0"),
+        (["--data_path", "bits.npy", "--estimators", "ais", "--ais.num_steps", "0"], "AIS needs num_steps"),
+        (["--data_path", "bits.npy", "--estimators", "ais", "--ais.init", "posterior"], "ais.init"),
+        (
+            ["--data_path", "bits.npy", "--estimators", "exact"],
+            "unknown or inapplicable estimators ['exact']: choose among prior_sampling, importance_sampling, elbo, ais",
+        ),
         (["--data_path", "empty.npy"], "is not a .npy file of numbers"),
     ],
 )
 def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys, args, message):
     np.save(tmp_path / "grey.npy", np.random.default_rng(0).uniform(size=(20, 4)))
+    np.save(tmp_path / "bits.npy", np.ones((3, 4), dtype=np.float32))
     (tmp_path / "empty.npy").write_bytes(b"")
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main([str(bernoulli_checkpoint), *(str(tmp_path / a) if a.endswith(".npy") else a for a in args)])
     assert exit_info.value.code == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error:") and message in errors[0]
+
+
+def test_evaluation_runs_ais_bdmc_and_gaps_with_ais(bernoulli_checkpoint, tmp_path, capsys):
+    """--estimators ais gives the JSON key 'ais' with its schedule and HMC diagnostics, --bdmc the sandwich on simulated points,
+    --gap_log_px ais the gaps' log p(x) by AIS from q*; the stdout table names them."""
+    np.save(tmp_path / "bits.npy", np.random.default_rng(1).integers(0, 2, size=(12, 4)).astype(np.float32))
+    schedule = ["--ais.num_steps", "30", "--ais.num_chains", "4", "--ais.leapfrog_steps", "2"]
+    evaluate.main([str(bernoulli_checkpoint), "--data_path", str(tmp_path / "bits.npy"), "--estimators", "importance_sampling,ais", *schedule,
+                   "--bdmc", "8", "--gap_points", "4", "--gap.max_steps", "20", "--gap_log_px", "ais", "--output", str(tmp_path / "r.json")])  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())
+    ais = report["estimates"]["ais"]
+    assert list(report["estimates"]) == ["importance_sampling", "ais"] and ais["num_points"] == 12 and ais["num_samples"] == 4
+    assert ais["settings"]["num_steps"] == 30 and 0 < ais["acceptance_rate"] <= 1 and ais["step_size"] > 0
+    # Four binary columns: log p(x) lies in (−4 log 2 − a few nats, 0), and AIS agrees with importance sampling within a nat.
+    assert -8 < ais["mean"] < 0 and abs(ais["mean"] - report["estimates"]["importance_sampling"]["mean"]) < 1
+    sandwich = report["bdmc"]
+    assert sandwich["lower"]["num_points"] == 8 and sandwich["width"]["mean"] == pytest.approx(sandwich["upper"]["mean"] - sandwich["lower"]["mean"], abs=1e-5)
+    assert report["gaps"]["log_px_method"] == "AIS from q*, T=30 (sigmoid), 4 chains, 2 leapfrog steps"
+    assert "BDMC on 8 simulated points" in capsys.readouterr().out
 
 
 def test_a_loss_gone_nan_stops_the_run_at_that_step_with_one_line(tmp_path, monkeypatch, capsys):

@@ -17,7 +17,7 @@ from torch.distributions import Distribution
 
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import Exact, ImportanceSampling, elbo, tractable
+from lvm_lightning.objectives import AIS, Exact, ImportanceSampling, elbo, tractable
 from lvm_lightning.timing import timed
 
 # k for the refinement curve: roughly log-spaced, cut at the optimizer's step cap.
@@ -79,11 +79,22 @@ def summarize_sums(sums: dict[str, Tensor]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def log_marginal(model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: int, chunk_size: Optional[int] = None) -> Tensor:
-    """log p(x) [N]: exact where ``tractable``, else log (1/K) Σ_k p(x, z_k)/q(z_k), z_k ~ q, chunked."""
+def log_marginal(
+    model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: int, chunk_size: Optional[int] = None, ais: Optional[AIS] = None
+) -> Tensor:
+    """log p(x) [N]: exact where ``tractable``, else ``ais`` started from q where given, else log (1/K) Σ_k p(x, z_k)/q(z_k), z_k ~ q, chunked."""
     if tractable(model):
         return Exact().estimate(model, x).log_px
+    if ais is not None:
+        return ais.estimate_with(model, x, q).log_px
     return ImportanceSampling(num_samples, chunk_size).estimate_with(model, x, q).log_px
+
+
+def log_px_method(model: LatentVariableModel, num_samples: int, ais: Optional[AIS] = None) -> str:
+    """How ``log_marginal`` computes log p(x) for ``model``, in words."""
+    if tractable(model):
+        return "exact"
+    return ais.describe("q*") if ais is not None else f"importance sampling from q*, K={num_samples}"
 
 
 def gap_decomposition(
@@ -94,11 +105,12 @@ def gap_decomposition(
     log_px_samples: int = 1000,
     refine_steps: Sequence[int] = (),
     chunk_size: Optional[int] = None,
+    ais: Optional[AIS] = None,
 ) -> GapReport:
     """ELBO(q_φ), ELBO(q*) and log p(x) on the points ``x``, with the ELBO after each k in ``refine_steps`` Adam steps from q_φ.
 
-    ELBOs average ``elbo_samples`` log-weights (enumerated exactly for a categorical z); log p(x) is
-    importance-sampled from q* with ``log_px_samples`` where it has no closed form. Put the model in
+    ELBOs average ``elbo_samples`` log-weights (enumerated exactly for a categorical z); log p(x), where it has no closed form,
+    is importance-sampled from q* with ``log_px_samples``, or annealed from q* by ``ais`` where given. Put the model in
     eval mode first: a decoder with batch-norm would otherwise update its running statistics.
     """
     ks = sorted(set(refine_steps))
@@ -113,12 +125,12 @@ def gap_decomposition(
         return GapReport(
             elbo_amortized=elbo(model, x, q_amortized, elbo_samples),
             elbo_optimized=elbo(model, x, q_star, elbo_samples),
-            log_px=log_marginal(model, x, q_star, log_px_samples, chunk_size),
+            log_px=log_marginal(model, x, q_star, log_px_samples, chunk_size, ais),
             refined={k: elbo(model, x, optimizer.posterior(model, refinement.snapshots[k]), elbo_samples) for k in ks},
             optimized=result,
             seconds_amortized=seconds_amortized,
             seconds_optimized=seconds_optimized,
-            log_px_method="exact" if tractable(model) else f"importance sampling from q*, K={log_px_samples}",
+            log_px_method=log_px_method(model, log_px_samples, ais),
         )
 
 
@@ -130,10 +142,11 @@ def gap_summary(
     log_px_samples: int = 1000,
     refine_steps: Sequence[int] = REFINE_STEPS,
     chunk_size: Optional[int] = None,
+    ais: Optional[AIS] = None,
 ) -> dict[str, Any]:
     """``gap_decomposition`` as JSON-ready numbers: means over points with standard errors, seconds per point, q*'s fit, and the refinement curve."""
     ks = [k for k in refine_steps if k <= optimizer.max_steps]
-    report = gap_decomposition(model, x, optimizer, elbo_samples, log_px_samples, ks, chunk_size)
+    report = gap_decomposition(model, x, optimizer, elbo_samples, log_px_samples, ks, chunk_size, ais)
     summary = summarize_sums(report.sums())
     out: dict[str, Any] = {name: summary[name] for name in GAPS}
     out["stderr"] = {name: summary[f"{name}_stderr"] for name in GAPS}

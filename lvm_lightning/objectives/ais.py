@@ -16,7 +16,7 @@ mean and standard deviation (a diagonal mass matrix), with one step size per poi
 """
 
 import math
-from typing import Literal, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -121,9 +121,15 @@ class AIS(Estimator):
         self.step_size, self.target_acceptance = step_size, target_acceptance
         self.chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
 
-    def describe(self) -> str:
-        """The schedule in words, for reports."""
-        return f"AIS from {'q_φ(z|x)' if self.init == 'encoder' else 'p(z)'}, T={self.num_steps} ({self.schedule}), {self.num_chains} chains, {self.leapfrog_steps} leapfrog steps"
+    def settings(self) -> dict[str, Any]:
+        """The schedule and the sampler's settings."""
+        names = ("num_steps", "num_chains", "leapfrog_steps", "init", "schedule", "step_size", "target_acceptance")
+        return {name: getattr(self, name) for name in names}
+
+    def describe(self, start: str = "") -> str:
+        """The schedule in words, from ``start`` (default: q₀ as ``init`` says)."""
+        start = start or ("q_φ(z|x)" if self.init == "encoder" else "p(z)")
+        return f"AIS from {start}, T={self.num_steps} ({self.schedule}), {self.num_chains} chains, {self.leapfrog_steps} leapfrog steps"
 
     def check(self, model: LatentVariableModel) -> None:
         if model.discrete:

@@ -9,7 +9,7 @@ estimators draw log-weights shaped [K, B] in chunks, so memory stays bounded how
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Optional, Sequence
+from typing import Any, Callable, Hashable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -100,6 +100,10 @@ class Estimator:
 
     def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
         """Per-point diagnostics [B] by name, logged as ``STAGE/NAME/ESTIMATOR``."""
+        return {}
+
+    def settings(self) -> dict[str, Any]:
+        """Settings a report should state beside the value (an AIS schedule); K is reported for every estimator."""
         return {}
 
 
