@@ -12,7 +12,7 @@ from jsonargparse import ArgumentParser, Namespace, lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, DensityPlot, ImageGrids, LatentScatter, ProgressBar, TrueLogDensity
+from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, Convergence, DensityPlot, ImageGrids, LatentScatter, ProgressBar, TrueLogDensity
 from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import explain
 from lvm_lightning.files import AtomicCheckpointIO
@@ -21,7 +21,7 @@ from lvm_lightning.resume import Resume, resolve_resume
 
 
 class LVMCLI(LightningCLI):
-    """Links the data's dimension and image shape into the model, and adds checkpointing, the true density, density plots and image pictures.
+    """Links the data's dimension and image shape into the model, and adds checkpointing, the convergence signal, the true density, density plots and image pictures.
 
     ``resume`` (from ``resolve_resume``) points a resumed run's TensorBoard logger at the checkpoint's run folder.
     """
@@ -36,6 +36,7 @@ class LVMCLI(LightningCLI):
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
         parser.add_lightning_class_args(DensityPlot, "density_plot")
         parser.add_lightning_class_args(TrueLogDensity, "true_density")
+        parser.add_lightning_class_args(Convergence, "convergence")
         parser.add_lightning_class_args(AmortizationGap, "amortization_gap")
         parser.add_lightning_class_args(ImageGrids, "image_grids")
         parser.add_lightning_class_args(LatentScatter, "latent_scatter")

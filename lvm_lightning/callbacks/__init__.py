@@ -1,9 +1,21 @@
-"""Callbacks: the true density beside the model's, pictures, the amortization gap and the progress bar."""
+"""Callbacks: the true density beside the model's, pictures, the amortization gap, convergence and the progress bar."""
 
 from lvm_lightning.callbacks.amortization_gap import AmortizationGap
+from lvm_lightning.callbacks.convergence import Convergence, convergence_note
 from lvm_lightning.callbacks.density_plot import DensityPlot
 from lvm_lightning.callbacks.images import ActiveUnits, ImageGrids, LatentScatter, active_units
 from lvm_lightning.callbacks.progress import ProgressBar
 from lvm_lightning.callbacks.true_density import TrueLogDensity
 
-__all__ = ["ActiveUnits", "AmortizationGap", "DensityPlot", "ImageGrids", "LatentScatter", "ProgressBar", "TrueLogDensity", "active_units"]
+__all__ = [
+    "ActiveUnits",
+    "AmortizationGap",
+    "Convergence",
+    "DensityPlot",
+    "ImageGrids",
+    "LatentScatter",
+    "ProgressBar",
+    "TrueLogDensity",
+    "active_units",
+    "convergence_note",
+]

@@ -1,5 +1,6 @@
 """Tracks the amortization and approximation gaps during training, in TensorBoard under ``gap/``."""
 
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Literal, Optional, Sequence
 
@@ -9,6 +10,7 @@ from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
+from lvm_lightning.callbacks.convergence import convergence_of
 from lvm_lightning.callbacks.due import DataCallback
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.errors import UsageError
@@ -57,7 +59,9 @@ class AmortizationGap(DataCallback):
     after k steps from q_φ, also drawn as the figure gap/refinement (0 turns it all off). Under DDP
     each rank takes every world_size-th point and sums are all-reduced. The model's weights and
     modes, its optimizer and the training RNG stream are left as they were: the RNG is forked and
-    seeded with ``seed``, so every evaluation sees the same draws.
+    seeded with ``seed``, so every evaluation sees the same draws. With a ``Convergence`` callback in the run,
+    gap/model_converged (1 or 0) says whether validation log p(x) had stopped improving, and the first
+    measurement of a model that had not converged says so on stderr.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class AmortizationGap(DataCallback):
         self.elbo_samples, self.log_px_samples, self.chunk_size = elbo_samples, log_px_samples, chunk_size
         self.refine_steps = [k for k in refine_steps if k <= optimizer.max_steps]
         self.optimizer = optimizer
+        self._said_unconverged = False  # once a run
 
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
         return None if self.every_n_epochs <= 0 or self.split in data.splits else f"the data module has no {self.split!r} split"
@@ -100,6 +105,19 @@ class AmortizationGap(DataCallback):
         totals = trainer.strategy.reduce(torch.stack(list(sums.values())), reduce_op="sum")
         summary = summarize_sums(dict(zip(sums, totals)))
         metrics = {f"gap/{name}": value for name, value in summary.items() if not name.endswith("_stderr") and name != "num_points"}
+        convergence = convergence_of(trainer)
+        if convergence is not None:
+            # The gap of a model still improving is not the converged model's (the linear-Gaussian model's shrinks to 0): said with it.
+            verdict = convergence.verdict()
+            metrics["gap/model_converged"] = float(verdict.converged)
+            if not verdict.converged and not self._said_unconverged and trainer.is_global_zero:
+                epoch = trainer.current_epoch
+                print(
+                    f"note: the amortization gap at epoch {epoch} is measured on a model that has not converged ({verdict.reason()})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._said_unconverged = True
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.refine_steps and trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
