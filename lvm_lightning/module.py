@@ -30,8 +30,8 @@ class LVMModule(pl.LightningModule):
     """Maximizes Σ_i of ``estimator``'s training objective for the model ``lvm`` (θ and φ, by Adam).
 
     Both are objects: in YAML a ``class_path`` with ``init_args`` (LightningCLI), in Python instances.
-    Validation and test log every estimate of log p(x) that applies, at K = ``eval_num_samples``, and validation the tightest as
-    val/log_px. Before the first step of a fresh fit the model takes its data-dependent start, if it has one (``lvm.initialize``).
+    Validation and test log every estimate of log p(x) that applies, at K = ``eval_num_samples``, and those of
+    ``validation_estimators`` (e.g. AIS: costly, so pair it with few validation batches); validation the tightest as val/log_px. Before the first step of a fresh fit the model takes its data-dependent start, if it has one (``lvm.initialize``).
     A run started by LightningCLI stores each part's class path and arguments in its checkpoint, so
     ``load_from_checkpoint(path)`` rebuilds it; a module built in Python keeps its parts out of the
     checkpoint (they are objects): pass them again, ``load_from_checkpoint(path, lvm=…, estimator=…)``.
@@ -47,6 +47,7 @@ class LVMModule(pl.LightningModule):
         lr_schedule: LRSchedule = "constant",
         adam_eps: float = 1e-8,
         compile: bool = False,
+        validation_estimators: Sequence[Estimator] = (),
     ) -> None:
         super().__init__()
         if not lr >= 0:
@@ -58,11 +59,22 @@ class LVMModule(pl.LightningModule):
         if eval_num_samples < 1:
             raise UsageError(f"eval_num_samples must be >= 1, got {eval_num_samples}: pass e.g. --model.eval_num_samples 10")
         # LightningCLI hands save_hyperparameters each part's class_path and init_args; built in Python they are objects.
-        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else list(PARTS))
+        self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else [*PARTS, "validation_estimators"])
         estimator.check(lvm)
+        if not estimator.trains:
+            raise UsageError(
+                f"{type(estimator).__name__} evaluates but does not train: train with e.g. ImportanceSampling and add it to --model.validation_estimators"
+            )
         self.lvm = lvm
         self.estimator = estimator
         self.evaluators = evaluation_estimators(lvm, eval_num_samples, chunk_size)
+        for extra in validation_estimators:
+            extra.check(lvm)
+            if extra.name in {estimator.name for estimator in self.evaluators}:
+                raise UsageError(
+                    f"validation_estimators: validation already reports {extra.name!r} (at K = eval_num_samples): add only other estimators, e.g. AIS"
+                )
+        self.evaluators += list(validation_estimators)
         # torch.compile fuses the log-density work of a step (12–16 % faster on the CPU) for a one-off compilation
         # of 7–20 s at the first step: worth it for long runs at large K, not for a few epochs at K = 1 (README).
         self._losses = torch.compile(self.losses) if compile else self.losses

@@ -114,7 +114,7 @@ def test_ais_refuses_enumerable_latents_and_training():
     mixture = MixtureModel(2, 4)
     with pytest.raises(UsageError, match="exact"):
         AIS().estimate(mixture, torch.zeros(3, 2))
-    with pytest.raises(UsageError, match="evaluation estimator"):
+    with pytest.raises(UsageError, match="evaluates but does not train"):
         AIS().objective(LinearGaussian(4, 2), torch.zeros(3, 4))
     with pytest.raises(UsageError, match="num_steps"):
         AIS(num_steps=0)
@@ -127,3 +127,33 @@ def test_chunks_of_points_give_every_point_its_own_chains(linear_gaussian):
     estimate = AIS(num_steps=100, num_chains=4, leapfrog_steps=3, chunk_size=4).upper_bound(model, x, z)
     assert estimate.log_weights.shape == (4, 6) and estimate.statistics["acceptance_rate"].shape == (6,)
     assert (estimate.log_px - oracle.log_prob(x)).abs().max() < 1.0
+
+
+def test_ais_in_validation_through_the_command_line(tmp_path, monkeypatch, capsys):
+    """--model.validation_estimators adds AIS to validation (TensorBoard: val/log_px/ais and its diagnostics), the checkpoint
+    rebuilds it, and AIS as the training estimator is one line."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lvm_lightning import LVMModule
+    from lvm_lightning.cli import main
+
+    from conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    config = ["fit", "--config", str(ROOT / "configs" / "linear_gaussian.yaml"), "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1"]
+    ais = {"class_path": "lvm_lightning.objectives.AIS", "init_args": {"num_steps": 20, "num_chains": 2, "leapfrog_steps": 2}}
+    main([*config, "--trainer.enable_progress_bar", "false", "--model.validation_estimators", json.dumps([ais])])
+    run = tmp_path / "runs" / "linear_gaussian" / "version_0"
+    accumulator = EventAccumulator(str(run))
+    accumulator.Reload()
+    tags = accumulator.Tags()["scalars"]
+    assert {"val/log_px/ais", "val/acceptance_rate/ais", "val/log_px/exact"} <= set(tags)
+    ais_value, exact = (accumulator.Scalars(f"val/log_px/{name}")[-1].value for name in ("ais", "exact"))
+    assert exact - 1 < ais_value < exact + 0.5  # a short schedule: near the closed form, below it but for noise
+    module = LVMModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert [e.name for e in module.evaluators][-1] == "ais" and module.evaluators[-1].num_steps == 20
+    with pytest.raises(SystemExit):
+        main([*config, "--model.estimator", "lvm_lightning.objectives.AIS"])
+    assert "AIS evaluates but does not train" in capsys.readouterr().err

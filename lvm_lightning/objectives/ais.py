@@ -76,12 +76,11 @@ class _Path:
 
     def __call__(self, u: Tensor) -> _Point:
         with torch.enable_grad():
-            u = u.detach().requires_grad_()
-            z = self.loc + self.scale * u
-            log_q = self.q0.log_prob(z)
-            log_joint = self.model.log_joint(self.x, z, frozen=True)
-            (grad_q,) = torch.autograd.grad(log_q.sum(), u, retain_graph=True)
-            (grad_joint,) = torch.autograd.grad(log_joint.sum(), u)
+            # Two leaves with one value: one backward pass gives each density's gradient apart.
+            u_q, u_joint = u.detach().requires_grad_(), u.detach().requires_grad_()
+            log_q = self.q0.log_prob(self.loc + self.scale * u_q)
+            log_joint = self.model.log_joint(self.x, self.loc + self.scale * u_joint, frozen=True)
+            grad_q, grad_joint = torch.autograd.grad((log_q + log_joint).sum(), (u_q, u_joint))
         return _Point(log_q.detach(), log_joint.detach(), grad_q, grad_joint)
 
 
@@ -95,6 +94,7 @@ class AIS(Estimator):
     """
 
     name = "ais"
+    trains = False
 
     def __init__(
         self,
@@ -136,7 +136,7 @@ class AIS(Estimator):
             raise UsageError("AIS moves a continuous z by Hamiltonian Monte Carlo; an enumerable z has the 'exact' estimator")
 
     def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
-        raise UsageError("AIS is an evaluation estimator: train with ImportanceSampling and pass AIS to --model.validation_estimators or lvm-evaluate")
+        raise UsageError("AIS evaluates but does not train: train with e.g. ImportanceSampling and add AIS to --model.validation_estimators")
 
     def initial(self, model: LatentVariableModel, x: Tensor) -> Distribution:
         """q₀ for the points ``x``: the amortized posterior or the prior, with no gradient to φ."""

@@ -63,6 +63,7 @@ class Estimator:
     (forward KL, enumerated; the default for an enumerable z, see objectives/encoder.py)."""
 
     name = ""
+    trains = True  # whether ``objective`` can train θ and φ
 
     def __init__(self, encoder_objective: Optional[EncoderObjective] = None) -> None:
         self.encoder_objective = encoder_objective
