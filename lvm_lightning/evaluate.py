@@ -15,6 +15,7 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import Tensor
 
+from lvm_lightning.callbacks.convergence import convergence_note
 from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
 from lvm_lightning.data import SplitData, load_array, true_log_prob
 from lvm_lightning.errors import UsageError, explain
@@ -135,6 +136,7 @@ def evaluate_checkpoint(
     where it has no exact form (inference/gaps.py). ``trust``: modules whose classes the checkpoint may name.
     ``estimators``: which to run (exact, prior_sampling, importance_sampling, elbo, ais; default all that apply but ais),
     with ``ais`` (default ``AIS()``) for AIS. 'cost' gives the seconds the estimates took, per point, and the peak memory.
+    'convergence_note': present when the run's validation log p(x) was still improving when the checkpoint was written.
     'bdmc' (when ``bdmc`` > 0): ``bdmc_sandwich`` on that many simulated points. ``gap_log_px`` 'ais': the gaps' log p(x) by
     ``ais`` started from q* where it has no exact form.
     """
@@ -150,6 +152,10 @@ def evaluate_checkpoint(
     module.eval()
     model = module.lvm
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path)}
+    note = convergence_note(checkpoint)
+    if note is not None:  # every figure below is of a model still moving: say so first
+        report["convergence_note"] = note
+        print(f"note: {note}", file=sys.stderr, flush=True)
     datamodule = None
     if data_path is not None:
         x = load_array(data_path)

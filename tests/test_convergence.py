@@ -139,3 +139,20 @@ def test_plateau_schedule_halves_the_lr_when_validation_stalls(tmp_path):
     # lr 1e-6: validation log p(x) cannot rise by 0.001; after the first validation and 2 more without a rise, the next halves the lr.
     trainer, _ = fit(tmp_path, 4, [], lr=1e-6, lr_schedule="plateau")
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5e-6)
+
+
+def test_evaluate_says_when_the_checkpoint_had_not_converged(tmp_path, monkeypatch, capsys):
+    """Two epochs of the default run: lvm-evaluate's first line says the model had not converged, and its JSON keeps the note."""
+    import json
+
+    from test_cli import FAST, QUIET
+
+    from lvm_lightning import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--trainer.max_epochs", "2", *FAST, *QUIET])
+    capsys.readouterr()
+    evaluate.main(["runs/default/version_0/checkpoints/last.ckpt", "--num_samples", "10", "--gap_points", "0", "--output", "r.json"])
+    err = capsys.readouterr().err
+    assert err.count("note: training had not converged: only 2 validations, too few") == 1
+    assert json.loads((tmp_path / "r.json").read_text())["convergence_note"].startswith("training had not converged")

@@ -89,7 +89,8 @@ class AIS(Estimator):
     distributions (a lower bound in expectation, tight as T → ∞); ``upper_bound`` runs the path backwards (BDMC).
 
     ``init``: q₀ = the amortized q_φ(z|x) ('encoder') or p(z) ('prior', which reaches every mode of a multimodal
-    posterior). Costs about T × ``leapfrog_steps`` decoder passes (forward and backward) per chain and point.
+    posterior). Costs about T × ``leapfrog_steps`` decoder passes (forward and backward) per chain and point. The defaults
+    were the narrowest BDMC sandwich per second among those tried on the Fashion-MNIST VAE (README).
     An evaluation estimator: it does not train.
     """
 
@@ -98,9 +99,9 @@ class AIS(Estimator):
 
     def __init__(
         self,
-        num_steps: int = 500,
-        num_chains: int = 16,
-        leapfrog_steps: int = 10,
+        num_steps: int = 1000,
+        num_chains: int = 4,
+        leapfrog_steps: int = 2,
         init: Init = "encoder",
         schedule: Schedule = "sigmoid",
         step_size: float = 0.1,
