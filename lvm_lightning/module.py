@@ -213,10 +213,14 @@ class LVMModule(pl.LightningModule):
             total = self.trainer.estimated_stepping_batches
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": CosineAnnealingLR(optimizer, T_max=total), "interval": "step"}}
         if self.hparams.lr_schedule == "plateau":
-            # Stepped after each validation with its value of the monitored estimate (Lightning reads it from the logged metrics).
+            # Stepped after each validation with its value of the monitored estimate (Lightning reads it from the logged metrics);
+            # with validation off (limit_val_batches 0) Lightning warns and the lr stays, rather than stopping the run.
             scheduler = ReduceLROnPlateau(optimizer, **PLATEAU)
             every = self.trainer.check_val_every_n_epoch or 1
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": PLATEAU_MONITOR, "interval": "epoch", "frequency": every}}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": PLATEAU_MONITOR, "interval": "epoch", "frequency": every, "strict": False},
+            }
         # Burda et al. (2016): 3^i epochs at lr·10^(−i/7), i = 0..7; LambdaLR steps once per epoch.
         return {"optimizer": optimizer, "lr_scheduler": LambdaLR(optimizer, burda_lr_factor)}
 
