@@ -13,7 +13,7 @@ from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.inference import LocalOptimizer
 from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import Exact, ImportanceSampling
+from lvm_lightning.objectives import AIS, Exact, ImportanceSampling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -129,3 +129,14 @@ def test_ddp_ranks_take_shards_and_reduce_to_the_single_process_result(tmp_path)
     assert single.keys() == shared.keys() and "gap/amortization_gap" in single
     for tag, value in single.items():
         assert abs(shared[tag] - value) < 1e-4 * max(1.0, abs(value)), (tag, value, shared[tag])
+
+
+def test_the_gaps_log_px_by_ais_from_q_star(tmp_path):
+    """With ``ais`` the callback's log p(x) is AIS from q*: a stochastic lower bound near IWAE's, above ELBO(q*) on average."""
+    callback = gap_callback()
+    callback.ais = AIS(num_steps=50, num_chains=4, leapfrog_steps=2)
+    trainer, _ = fit(tmp_path, [callback], "ais")
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    log_px, elbo_optimized = (events.Scalars(f"gap/{name}")[-1].value for name in ("log_px", "elbo_optimized"))
+    assert elbo_optimized < log_px < elbo_optimized + 1.0

@@ -16,6 +16,7 @@ from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, summarize_sums
 from lvm_lightning.models.lvm import LatentVariableModel
+from lvm_lightning.objectives import AIS
 from lvm_lightning.rng import seeded_fork
 
 
@@ -61,7 +62,8 @@ class AmortizationGap(DataCallback):
     modes, its optimizer and the training RNG stream are left as they were: the RNG is forked and
     seeded with ``seed``, so every evaluation sees the same draws. With a ``Convergence`` callback in the run,
     gap/model_converged (1 or 0) says whether validation log p(x) had stopped improving, and the first
-    measurement of a model that had not converged says so on stderr.
+    measurement of a model that had not converged says so on stderr. log p(x) is importance-sampled from q* with
+    ``log_px_samples``, or annealed from q* by ``ais`` where given (exact where the model has an exact form).
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class AmortizationGap(DataCallback):
         refine_steps: Sequence[int] = REFINE_STEPS,
         chunk_size: Optional[int] = None,
         seed: int = 0,
+        ais: Optional[AIS] = None,
     ) -> None:
         if num_points < 1 or elbo_samples < 1 or log_px_samples < 1:
             raise UsageError("num_points, elbo_samples and log_px_samples must be >= 1")
@@ -83,7 +86,7 @@ class AmortizationGap(DataCallback):
         self.every_n_epochs, self.num_points, self.split, self.seed = every_n_epochs, num_points, split, seed
         self.elbo_samples, self.log_px_samples, self.chunk_size = elbo_samples, log_px_samples, chunk_size
         self.refine_steps = [k for k in refine_steps if k <= optimizer.max_steps]
-        self.optimizer = optimizer
+        self.optimizer, self.ais = optimizer, ais
         self._said_unconverged = False  # once a run
 
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
@@ -100,7 +103,7 @@ class AmortizationGap(DataCallback):
         device = pl_module.device
         x = trainer.datamodule.splits[self.split][: self.num_points][trainer.global_rank :: trainer.world_size].to(device)
         with seeded_fork(device, self.seed), _evaluation_mode(pl_module), torch.enable_grad():
-            report = gap_decomposition(pl_module.lvm, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size)
+            report = gap_decomposition(pl_module.lvm, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size, self.ais)
         sums = report.sums()
         totals = trainer.strategy.reduce(torch.stack(list(sums.values())), reduce_op="sum")
         summary = summarize_sums(dict(zip(sums, totals)))
