@@ -53,6 +53,8 @@ class LVMCLI(LightningCLI):
                 "checkpoint.enable_version_counter": False,
                 "trainer.max_epochs": 30,
                 "trainer.log_every_n_steps": 10,
+                # no_grad rather than inference_mode in validate and test: AIS (a validation estimator) differentiates in z there.
+                "trainer.inference_mode": False,
                 "trainer.logger": {
                     "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "runs", "name": "default"},

@@ -199,8 +199,8 @@ def format_bdmc(sandwich: dict[str, Any]) -> str:
     lower, upper, width = sandwich["lower"], sandwich["upper"], sandwich["width"]
     stderr = "" if width["stderr"] is None else f" ± {width['stderr']:.4f}"
     return (
-        f"BDMC on {width['num_points']} simulated points: AIS {lower['mean']:.4f} <= log p(x) <= reverse AIS {upper['mean']:.4f}, "
-        f"width {width['mean']:.4f}{stderr} ({sandwich['seconds_per_point']:.2f} s per point)"
+        f"BDMC on {width['num_points']} simulated points: stochastic bounds AIS {lower['mean']:.4f} <= log p(x) <= reverse AIS {upper['mean']:.4f}, "
+        f"width {width['mean']:.4f}{stderr} ({sandwich['seconds_per_point']:.2f} s per point; a width below 0 is Monte Carlo error)"
     )
 
 

@@ -54,6 +54,44 @@ def test_ais_matches_the_linear_gaussian_closed_form(linear_gaussian):
     assert 0.5 < ais.diagnostics(estimate)["acceptance_rate"].mean() < 0.8
 
 
+def linear_gaussian_posterior(model: LinearGaussian, x: torch.Tensor) -> MultivariateNormal:
+    """p(z|x) = N(Σ Wᵀ(x − b)/σ², Σ), Σ = (I + WᵀW/σ²)⁻¹, in closed form."""
+    W, b, sigma2 = model.weight.detach(), model.bias.detach(), model.noise_std.detach() ** 2
+    covariance = torch.linalg.inv(torch.eye(W.shape[1]) + W.T @ W / sigma2)
+    return MultivariateNormal((x - b) @ W @ covariance / sigma2, covariance_matrix=covariance)
+
+
+def test_a_short_schedule_is_unbiased_in_w_forward_and_in_1_over_w_backward(linear_gaussian):
+    """E[w] = p(x) and, from exact posterior samples, E[w_rev] = 1/p(x) for any T, however loose each chain: with T = 50 and 20,000
+    chains per point, log of the pooled mean is within 4 delta-method standard errors of the closed form in both directions
+    (weights updated after the move instead of before it, or a wrong sign, miss by many). Far shorter schedules make the
+    reverse weights heavy-tailed (the diagonal q₀ is wider than the correlated posterior in some direction), so that a pooled
+    mean of 20,000 misses their rare large values."""
+    model, oracle = linear_gaussian
+    x, _ = simulate(model, 3)
+    copies = x.repeat_interleave(20_000, 0)
+    ais = AIS(num_steps=50, num_chains=1, leapfrog_steps=2)
+    forward = ais.estimate(model, copies).log_weights.reshape(3, -1)
+    backward = ais.upper_bound(model, copies, linear_gaussian_posterior(model, copies).sample()).log_weights.reshape(3, -1)
+    truth = oracle.log_prob(x)
+    for log_w, sign in ((forward, 1), (backward, -1)):
+        pooled = sign * (log_w.logsumexp(1) - math.log(log_w.shape[1]))
+        ess = torch.exp(2 * log_w.logsumexp(1) - (2 * log_w).logsumexp(1))
+        stderr = ((log_w.shape[1] / ess - 1) / log_w.shape[1]).sqrt()
+        assert ((pooled - truth).abs() < 4 * stderr + 1e-3).all(), (sign, pooled - truth, stderr)
+        assert (stderr < 0.05).all()  # precise enough to see a bias
+
+
+def test_ais_needs_gradients_and_keeps_the_model_dtype(linear_gaussian):
+    """Under torch.inference_mode (Lightning's validate and test by default) one line says what to do; a bfloat16 model stays bfloat16."""
+    model, _ = linear_gaussian
+    x, _ = simulate(model, 4)
+    with torch.inference_mode(), pytest.raises(UsageError, match="inference_mode"):
+        AIS(num_steps=5).estimate(model, x)
+    estimate = AIS(num_steps=5, num_chains=2).estimate(model.to(torch.bfloat16), x.bfloat16())
+    assert estimate.log_px.dtype == torch.bfloat16 and torch.isfinite(estimate.log_px).all()
+
+
 def test_bdmc_brackets_the_closed_form_and_narrows_as_the_schedule_grows(linear_gaussian):
     """On data simulated from the model, reverse chains from the simulating z bound log p(x) from above and forward chains from below
     (each within Monte Carlo error over 200 points), and the sandwich's width falls with T."""

@@ -65,11 +65,17 @@ class _Path:
     """The densities of one batch's path: q₀ and p_θ(x, ·) at z = loc + scale · u, with gradients in u."""
 
     def __init__(self, model: LatentVariableModel, x: Tensor, q0: Distribution) -> None:
+        if q0.batch_shape not in (torch.Size(), x.shape[:1]):
+            raise UsageError(f"AIS needs q0 of batch shape [] or [{len(x)}] (one row per point, e.g. Independent(Normal)), got {list(q0.batch_shape)}")
+        if torch.is_inference_mode_enabled():
+            raise UsageError("AIS differentiates in z, which torch.inference_mode forbids: run it under torch.no_grad, or Trainer(inference_mode=False)")
         self.model, self.x, self.q0 = model, x, q0
         try:  # whitening by q₀'s moments makes the leapfrog step one scale for every coordinate
             self.loc, self.scale = q0.mean.detach(), q0.stddev.detach()
-        except NotImplementedError:  # a q₀ without closed-form moments: plain coordinates
-            self.loc, self.scale = torch.zeros(()).to(x), torch.ones(()).to(x)
+        except NotImplementedError:  # a q₀ without closed-form moments: plain coordinates (0-dim: any device, any dtype)
+            self.loc, self.scale = torch.zeros(()), torch.ones(())
+        if not (bool(torch.isfinite(self.loc).all()) and bool(torch.isfinite(self.scale).all()) and bool((self.scale > 0).all())):
+            self.loc, self.scale = torch.zeros(()), torch.ones(())  # heavy tails (no mean or variance) or a point mass: plain coordinates too
 
     def whiten(self, z: Tensor) -> Tensor:
         return (z - self.loc) / self.scale
@@ -154,6 +160,8 @@ class AIS(Estimator):
 
     def upper_bound(self, model: LatentVariableModel, x: Tensor, z: Tensor) -> Estimate:
         """−log (1/C) Σ_c w_c of C reverse chains started at ``z`` [B, d], an exact sample of p_θ(z|x) each: a stochastic upper bound on log p(x)."""
+        if len(z) != len(x):
+            raise UsageError(f"upper_bound needs one exact posterior sample per point: {len(z)} samples for {len(x)} points")
         return self._chunked(model, x, z)
 
     def _chunked(self, model: LatentVariableModel, x: Tensor, z: Optional[Tensor]) -> Estimate:
@@ -194,9 +202,10 @@ class AIS(Estimator):
             log_w = log_w + (betas[t] - betas[t - 1]) * (point.log_joint - point.log_q)
             if t < len(betas) - 1:  # the last transition would not change the weights
                 u, point, rate = self._hmc(path, u, point, betas[t], step)
-                step = step * torch.where(rate > self.target_acceptance, STEP_SIZE_FACTOR, 1 / STEP_SIZE_FACTOR)
+                step = torch.where(rate > self.target_acceptance, step * STEP_SIZE_FACTOR, step / STEP_SIZE_FACTOR)  # keeps step's dtype
                 accepted = accepted + rate
-        return log_w, accepted / max(1, len(betas) - 2), step
+        transitions = len(betas) - 2
+        return log_w, accepted / transitions if transitions else torch.full_like(step, math.nan), step
 
     def _hmc(self, path: _Path, u: Tensor, point: _Point, beta: float, step: Tensor) -> tuple[Tensor, _Point, Tensor]:
         """One HMC transition leaving f_β invariant: the new states and the mean acceptance probability over chains [B]."""
