@@ -31,6 +31,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def quiet_trainer(**options) -> "pl.Trainer":  # noqa: F821
+    """A one-device CPU Trainer without progress bar or model summary; ``options`` add to or replace those."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(**{"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1, **options})
+
+
 def module_from_config(config: Path, data_dim: int) -> "LVMModule":  # noqa: F821
     """The LVMModule that a shipped config describes."""
     import yaml

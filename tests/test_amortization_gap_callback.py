@@ -15,6 +15,8 @@ from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, Exact, ImportanceSampling
 
+from conftest import quiet_trainer
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -24,16 +26,7 @@ def fit(tmp_path, callbacks: list, name: str) -> tuple[pl.Trainer, LVMModule]:
     pl.seed_everything(0)
     data = GaussianMixtureData(num_clusters=4, num_train=256, num_val=64, num_test=64, batch_size=64)
     module = LVMModule(VAE(2, 2, encoder_hidden=(16,), decoder_hidden=(16,)), ImportanceSampling(4), eval_num_samples=8)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=TensorBoardLogger(str(tmp_path), name=name),
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-    )
+    trainer = quiet_trainer(max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name=name), callbacks=callbacks, enable_checkpointing=False)
     trainer.fit(module, datamodule=data)
     return trainer, module
 

@@ -21,7 +21,7 @@ from lvm_lightning.models import MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact
 
-from conftest import ROOT
+from conftest import ROOT, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,15 +74,7 @@ def fit(tmp_path, epochs: int, callbacks: list, name: str = "run", **kwargs) -> 
     pl.seed_everything(0)
     data = GaussianMixtureData(num_train=512, num_val=256, num_test=64, batch_size=64)
     module = LVMModule(MixtureModel(2, 6, encoder_hidden=(16,), init="random"), Exact(), **kwargs)
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        logger=TensorBoardLogger(str(tmp_path), name=name),
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-    )
+    trainer = quiet_trainer(max_epochs=epochs, logger=TensorBoardLogger(str(tmp_path), name=name), callbacks=callbacks)
     trainer.fit(module, datamodule=data)
     return trainer, module
 

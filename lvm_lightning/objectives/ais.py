@@ -24,7 +24,7 @@ from torch.distributions import Distribution
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives.estimators import DEFAULT_CHUNK_SIZE, Estimate, Estimator, Objective, log_mean_exp_stderr
+from lvm_lightning.objectives.estimators import DEFAULT_CHUNK_SIZE, Estimate, Estimator, Objective, log_mean_exp_diagnostics, log_mean_exp_stderr
 
 Schedule = Literal["sigmoid", "linear"]
 Init = Literal["encoder", "prior"]
@@ -230,12 +230,7 @@ class AIS(Estimator):
 
     def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
         """The chains' ESS/C and log-weight spread, the standard error, the HMC acceptance rate and the adapted step size."""
-        return {
-            "ess_fraction": estimate.effective_sample_size() / estimate.log_weights.shape[0],
-            "log_weight_std": estimate.log_weight_std(),
-            "log_px_stderr": self.stderr(estimate),
-            **estimate.statistics,
-        }
+        return {**log_mean_exp_diagnostics(estimate), **estimate.statistics}
 
 
 def simulate(model: LatentVariableModel, num: int) -> tuple[Tensor, Tensor]:

@@ -49,6 +49,15 @@ def log_mean_exp_stderr(estimate: Estimate) -> Tensor:
     return ((k / estimate.effective_sample_size() - 1).clamp(min=0) / k).sqrt()
 
 
+def log_mean_exp_diagnostics(estimate: Estimate) -> dict[str, Tensor]:
+    """ESS/K, the spread of the log-weights and ``log_mean_exp_stderr``, per point, for an estimate log (1/K) Σ_k w_k."""
+    return {
+        "ess_fraction": estimate.effective_sample_size() / estimate.log_weights.shape[0],
+        "log_weight_std": estimate.log_weight_std(),
+        "log_px_stderr": log_mean_exp_stderr(estimate),
+    }
+
+
 @dataclass
 class Objective:
     """What a training step maximizes: ``surrogate`` [B], whose gradient trains θ and φ, and ``log_px`` [B], the estimate's value."""
@@ -190,11 +199,7 @@ class SampledEstimator(Estimator):
 
     def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
         """ESS/K, the spread of the log-weights, and the standard error."""
-        return {
-            "ess_fraction": estimate.effective_sample_size() / estimate.log_weights.shape[0],
-            "log_weight_std": estimate.log_weight_std(),
-            "log_px_stderr": self.stderr(estimate),
-        }
+        return log_mean_exp_diagnostics(estimate)
 
 
 class PriorSampling(SampledEstimator):
