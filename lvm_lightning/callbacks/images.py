@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
+from torch.distributions import Distribution
 from torchvision.utils import make_grid
 
 from lvm_lightning.callbacks.due import DataCallback, picture_due
@@ -17,10 +18,21 @@ from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.rng import seeded_fork
 
+MEAN_SAMPLES = 64  # draws per point for E_q[z] where q has no closed-form mean (a flow)
+
+
+def posterior_mean(q: Distribution, device: torch.device) -> Tensor:
+    """E_q[z] [B, d]: closed form where q has one, else the mean of MEAN_SAMPLES draws in a seeded fork of ``device``'s random stream."""
+    try:
+        return q.mean
+    except NotImplementedError:
+        with seeded_fork(device, 0):
+            return q.sample((MEAN_SAMPLES,)).mean(0)
+
 
 def _encoder_means(model: LatentVariableModel, x: Tensor, batch_size: int) -> Tensor:
     """E_q[z] for every row of ``x``, shape [N, d], in batches (a continuous latent)."""
-    return torch.cat([model.posterior(batch).mean for batch in x.split(batch_size)])
+    return torch.cat([posterior_mean(model.posterior(batch), x.device) for batch in x.split(batch_size)])
 
 
 def active_units(means: Tensor, threshold: float = 0.01) -> Tensor:

@@ -2,6 +2,7 @@
 
 from lvm_lightning.models.builders import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.models.families import BernoulliFamily, CategoricalFamily, ContinuousBernoulliFamily, DiagonalGaussian
+from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
 
@@ -11,7 +12,9 @@ __all__ = [
     "CategoricalPrior",
     "Conditional",
     "ContinuousBernoulliFamily",
+    "CouplingFlow",
     "DiagonalGaussian",
+    "FullCovarianceGaussian",
     "LatentVariableModel",
     "LinearGaussian",
     "MixtureModel",

@@ -15,12 +15,27 @@ from torch.distributions import Distribution, MultivariateNormal
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.conv import ConvDecoder, ConvEncoder
 from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, Likelihood, likelihood_family
+from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian
 from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
 
 Network = Literal["mlp", "conv"]
+Posterior = Literal["diagonal", "full", "flow"]
+
+
+def posterior_family(name: str, latent_dim: int) -> nn.Module:
+    """The family of q_φ(z|x) (and of per-point q*) called ``name``: a diagonal Gaussian, a full-covariance one, or a coupling flow."""
+    if name == "diagonal":
+        return DiagonalGaussian(latent_dim)
+    if name == "full":
+        return FullCovarianceGaussian(latent_dim)
+    if name == "flow":
+        return CouplingFlow(latent_dim)
+    raise UsageError(f"unknown posterior {name!r}: choose 'diagonal', 'full' or 'flow'")
+
+
 MixtureInit = Literal["auto", "kmeans", "random"]
 INIT_ROWS = 100_000  # k-means on at most this many training rows (drawn at random): more change the start little and cost more
 
@@ -152,6 +167,7 @@ class MixtureModel(LatentVariableModel):
 class VAE(LatentVariableModel):
     """z ~ N(0, I_d), p_θ(x|z) = likelihood(decoder(z)), q_φ(z|x) = N(μ_φ(x), diag σ_φ²(x)) (Kingma & Welling, 2014).
 
+    ``posterior`` 'full' makes q_φ a Gaussian with every correlation, 'flow' a coupling flow (models/flows.py).
     ``network`` 'conv' uses stride-2 convolutions over images of ``image_shape`` (C, H, W); then
     ``encoder_hidden`` and ``decoder_hidden`` are their channels.
     """
@@ -167,9 +183,11 @@ class VAE(LatentVariableModel):
         decoder_std: GaussianStd = "learned",
         network: Network = "mlp",
         image_shape: Optional[Sequence[int]] = None,
+        posterior: Posterior = "diagonal",
     ) -> None:
+        family = posterior_family(posterior, latent_dim)
         decoder, encoder = conditionals(
-            data_dim, latent_dim, DiagonalGaussian(latent_dim), likelihood, decoder_std, encoder_hidden, decoder_hidden, activation, False, network, image_shape
+            data_dim, latent_dim, family, likelihood, decoder_std, encoder_hidden, decoder_hidden, activation, False, network, image_shape
         )
         super().__init__(StandardNormalPrior(latent_dim), decoder, encoder, data_dim)
 
@@ -177,7 +195,8 @@ class VAE(LatentVariableModel):
 class LinearGaussian(LatentVariableModel):
     """x = Wz + b + ε, z ~ N(0, I_d), ε ~ N(0, σ²I) (probabilistic PCA), with a diagonal Gaussian q_φ(z|x) from an MLP (linear by default).
 
-    σ is one learned scalar (``noise_std="shared"``) or a fixed positive number; log p(x) is closed-form.
+    σ is one learned scalar (``noise_std="shared"``) or a fixed positive number; log p(x) is closed-form. ``posterior``
+    'full' gives q_φ every correlation: the true posterior N(Σ Wᵀ(x − b)/σ², Σ), Σ = (I + WᵀW/σ²)⁻¹, is then in the family.
     """
 
     def __init__(
@@ -187,10 +206,12 @@ class LinearGaussian(LatentVariableModel):
         noise_std: Union[float, Literal["shared"]] = "shared",
         encoder_hidden: Sequence[int] = (),
         activation: str = "relu",
+        posterior: Posterior = "diagonal",
     ) -> None:
         if noise_std == "learned":
             raise UsageError("the linear-Gaussian model shares one σ: pass noise_std 'shared' or a positive number")
-        decoder, encoder = conditionals(data_dim, latent_dim, DiagonalGaussian(latent_dim), "gaussian", noise_std, encoder_hidden, (), activation, False)
+        family = posterior_family(posterior, latent_dim)
+        decoder, encoder = conditionals(data_dim, latent_dim, family, "gaussian", noise_std, encoder_hidden, (), activation, False)
         super().__init__(StandardNormalPrior(latent_dim), decoder, encoder, data_dim)
 
     @property
