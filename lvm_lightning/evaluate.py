@@ -21,7 +21,7 @@ from lvm_lightning.data import SplitData, load_array, true_log_prob
 from lvm_lightning.errors import UsageError, explain
 from lvm_lightning.evaluation import estimate_all
 from lvm_lightning.files import write_atomically
-from lvm_lightning.inference import LocalOptimizer, format_gaps, gap_summary
+from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, Estimator, evaluation_estimators, simulate
@@ -128,6 +128,7 @@ def evaluate_checkpoint(
     ais: Optional[AIS] = None,
     bdmc: int = 0,
     gap_log_px: Literal["importance_sampling", "ais"] = "importance_sampling",
+    gap_family: Optional[Literal["diagonal", "full", "flow"]] = None,
 ) -> dict[str, Any]:
     """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?, 'gaps'?}.
 
@@ -138,7 +139,8 @@ def evaluate_checkpoint(
     with ``ais`` (default ``AIS()``) for AIS. 'cost' gives the seconds the estimates took, per point, and the peak memory.
     'convergence_note': present when the run's validation log p(x) was still improving when the checkpoint was written.
     'bdmc' (when ``bdmc`` > 0): ``bdmc_sandwich`` on that many simulated points. ``gap_log_px`` 'ais': the gaps' log p(x) by
-    ``ais`` started from q* where it has no exact form.
+    ``ais`` started from q* where it has no exact form. ``gap_family``: the same decomposition again, on the same decoder, with
+    q* in that posterior family (from the encoder's q_φ re-expressed in it) as 'gaps_in_family', e.g. 'full' beside a diagonal encoder.
     """
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
@@ -152,6 +154,9 @@ def evaluate_checkpoint(
     module.eval()
     model = module.lvm
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path)}
+    if gap_family is not None and gap_points == 0:
+        raise UsageError("--gap_family compares q* families in the gap decomposition: give --gap_points > 0")
+    view = in_family(model, gap_family) if gap_family is not None else None  # checked before the minutes of estimates
     note = convergence_note(checkpoint)
     if note is not None:  # every figure below is of a model still moving: say so first
         report["convergence_note"] = note
@@ -174,6 +179,11 @@ def evaluate_checkpoint(
     if gap_points > 0:
         log_px_ais = ais if gap_log_px == "ais" else None
         report["gaps"] = gap_summary(model, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais)
+        if view is not None:
+            report["gaps_in_family"] = {
+                "family": gap_family,
+                **gap_summary(view, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais),
+            }
     if bdmc > 0:
         report["bdmc"] = bdmc_sandwich(model, bdmc, ais)
     if datamodule is not None and datamodule.true_density is not None:
@@ -256,6 +266,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(format_bdmc(report["bdmc"]))
     if "gaps" in report:
         print(format_gaps(report["gaps"]))
+    if "gaps_in_family" in report:
+        print(format_gap_columns({"q* in the encoder's family": report["gaps"], f"q* {report['gaps_in_family']['family']}": report["gaps_in_family"]}))
     if output:
         write_atomically(output, json.dumps(report, indent=2).encode())
         print(f"wrote {output}")

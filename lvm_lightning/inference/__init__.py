@@ -1,16 +1,30 @@
 """Per-point (local) variational inference and the amortization and approximation gaps it measures."""
 
-from lvm_lightning.inference.gaps import REFINE_STEPS, GapReport, format_gaps, gap_decomposition, gap_summary, log_marginal, summarize_sums, tractable
+from lvm_lightning.inference.families import InFamily, in_family
+from lvm_lightning.inference.gaps import (
+    REFINE_STEPS,
+    GapReport,
+    format_gap_columns,
+    format_gaps,
+    gap_decomposition,
+    gap_summary,
+    log_marginal,
+    summarize_sums,
+    tractable,
+)
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 
 __all__ = [
     "REFINE_STEPS",
     "GapReport",
+    "InFamily",
     "LocalOptimizer",
     "LocalResult",
+    "format_gap_columns",
     "format_gaps",
     "gap_decomposition",
     "gap_summary",
+    "in_family",
     "log_marginal",
     "summarize_sums",
     "tractable",

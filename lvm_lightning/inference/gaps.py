@@ -179,3 +179,13 @@ def format_gaps(gaps: dict[str, Any]) -> str:
     curve = gaps["refinement"]
     lines.append("  refined ELBO after k steps: " + ", ".join(f"k={k}: {e:.3f}" for k, e in zip(curve["k"], curve["elbo"])))
     return "\n".join(lines)
+
+
+def format_gap_columns(columns: dict[str, dict[str, Any]]) -> str:
+    """Decompositions side by side, one column per q* family (``gap_summary`` outputs by name), nats per point."""
+    names = list(columns)
+    rows = [("", *names)]
+    rows += [(name, *(f"{columns[c][name]:.4f}" for c in names)) for name in GAPS]
+    rows.append(("seconds per point, q*", *(f"{columns[c]['seconds_per_point_optimized']:.2e}" for c in names)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)

@@ -1,0 +1,40 @@
+"""Per-point inference in another posterior family than the encoder's, on the same decoder: the gap decomposition of
+Cremer et al. (2018) with q* a full-covariance Gaussian for a model trained with a diagonal one, for instance."""
+
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from lvm_lightning.errors import UsageError
+from lvm_lightning.models.builders import posterior_family
+from lvm_lightning.models.lvm import LatentVariableModel
+
+
+class InFamily(nn.Module):
+    """The encoder's q_φ(z|x) re-expressed in ``family``: params = family.params_of(q_φ(z|x)), so q* starts from the very
+    distribution the encoder gives (a diagonal Gaussian is a full-covariance one with zero correlations)."""
+
+    def __init__(self, encoder: nn.Module, family: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.family = encoder, family
+
+    def params(self, inputs: Tensor) -> Tensor:
+        return self.family.params_of(self.encoder(inputs))
+
+    def distribution(self, params: Tensor) -> Distribution:
+        return self.family(params)
+
+    def prior_params(self, prior: Distribution) -> Tensor:
+        return self.family.params_of(prior)
+
+    def forward(self, inputs: Tensor) -> Distribution:
+        return self.distribution(self.params(inputs))
+
+
+def in_family(model: LatentVariableModel, name: str) -> LatentVariableModel:
+    """The same prior, decoder and encoder (shared, not copied), with q_φ and q* in the posterior family ``name`` (models.builders.posterior_family)."""
+    if model.discrete:
+        raise UsageError("a second posterior family applies to a continuous z: a categorical q already holds the exact posterior")
+    if name == "flow":
+        raise UsageError("a flow q* starts from an amortized flow: train with --model.lvm.posterior flow, or compare with --gap_family full")
+    family = posterior_family(name, model.prior().event_shape[0]).to(next(model.parameters()).device)
+    return LatentVariableModel(model.prior, model.decoder, InFamily(model.encoder, family))
