@@ -133,3 +133,15 @@ def test_the_gaps_log_px_by_ais_from_q_star(tmp_path):
     events.Reload()
     log_px, elbo_optimized = (events.Scalars(f"gap/{name}")[-1].value for name in ("log_px", "elbo_optimized"))
     assert elbo_optimized < log_px < elbo_optimized + 1.0
+
+
+def test_a_second_family_is_logged_beside_the_encoders(tmp_path):
+    """family 'full': gap/full/… on the same decoder; the full-covariance q* holds the diagonal one, so its ELBO(q*) is not lower."""
+    callback = gap_callback()
+    callback.family = "full"
+    trainer, _ = fit(tmp_path, [callback], "family")
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    last = {tag: events.Scalars(tag)[-1].value for tag in ("gap/elbo_optimized", "gap/full/elbo_optimized", "gap/elbo_amortized", "gap/full/elbo_amortized")}
+    assert last["gap/full/elbo_optimized"] > last["gap/elbo_optimized"] - 0.05
+    assert last["gap/full/elbo_amortized"] == pytest.approx(last["gap/elbo_amortized"], abs=0.1)  # one q_φ, re-expressed

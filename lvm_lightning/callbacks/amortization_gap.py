@@ -14,7 +14,7 @@ from lvm_lightning.callbacks.convergence import convergence_of
 from lvm_lightning.callbacks.due import DataCallback
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, summarize_sums
+from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, in_family, summarize_sums
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import AIS
 from lvm_lightning.rng import seeded_fork
@@ -63,7 +63,8 @@ class AmortizationGap(DataCallback):
     seeded with ``seed``, so every evaluation sees the same draws. With a ``Convergence`` callback in the run,
     gap/model_converged (1 or 0) says whether validation log p(x) had stopped improving, and the first
     measurement of a model that had not converged says so on stderr. log p(x) is importance-sampled from q* with
-    ``log_px_samples``, or annealed from q* by ``ais`` where given (exact where the model has an exact form).
+    ``log_px_samples``, or annealed from q* by ``ais`` where given (exact where the model has an exact form). ``family``
+    ('full', 'diagonal') repeats it with q* in that family on the same decoder, under gap/FAMILY/….
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class AmortizationGap(DataCallback):
         chunk_size: Optional[int] = None,
         seed: int = 0,
         ais: Optional[AIS] = None,
+        family: Optional[Literal["diagonal", "full"]] = None,
     ) -> None:
         if num_points < 1 or elbo_samples < 1 or log_px_samples < 1:
             raise UsageError("num_points, elbo_samples and log_px_samples must be >= 1")
@@ -86,7 +88,7 @@ class AmortizationGap(DataCallback):
         self.every_n_epochs, self.num_points, self.split, self.seed = every_n_epochs, num_points, split, seed
         self.elbo_samples, self.log_px_samples, self.chunk_size = elbo_samples, log_px_samples, chunk_size
         self.refine_steps = [k for k in refine_steps if k <= optimizer.max_steps]
-        self.optimizer, self.ais = optimizer, ais
+        self.optimizer, self.ais, self.family = optimizer, ais, family
         self._said_unconverged = False  # once a run
 
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
@@ -96,18 +98,28 @@ class AmortizationGap(DataCallback):
         super().setup(trainer, pl_module, stage)
         if self.every_n_epochs > 0 and self.num_points < trainer.world_size:
             raise UsageError(f"amortization_gap.num_points={self.num_points} leaves a rank without points: use at least {trainer.world_size}")
+        if self.every_n_epochs > 0 and self.family is not None:
+            in_family(pl_module.lvm, self.family)  # raises here, before training, where the family does not apply
+
+    def _measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: LatentVariableModel, x: torch.Tensor, prefix: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The decomposition of ``model`` on this rank's points ``x``, summed over ranks: (summary, metrics named PREFIX/NAME)."""
+        with seeded_fork(pl_module.device, self.seed), _evaluation_mode(pl_module), torch.enable_grad():
+            report = gap_decomposition(model, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size, self.ais)
+        sums = report.sums()
+        totals = trainer.strategy.reduce(torch.stack(list(sums.values())), reduce_op="sum")
+        summary = summarize_sums(dict(zip(sums, totals)))
+        return summary, {f"{prefix}/{name}": value for name, value in summary.items() if not name.endswith("_stderr") and name != "num_points"}
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         device = pl_module.device
         x = trainer.datamodule.splits[self.split][: self.num_points][trainer.global_rank :: trainer.world_size].to(device)
-        with seeded_fork(device, self.seed), _evaluation_mode(pl_module), torch.enable_grad():
-            report = gap_decomposition(pl_module.lvm, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size, self.ais)
-        sums = report.sums()
-        totals = trainer.strategy.reduce(torch.stack(list(sums.values())), reduce_op="sum")
-        summary = summarize_sums(dict(zip(sums, totals)))
-        metrics = {f"gap/{name}": value for name, value in summary.items() if not name.endswith("_stderr") and name != "num_points"}
+        summary, metrics = self._measure(trainer, pl_module, pl_module.lvm, x, "gap")
+        if self.family is not None:  # the same decoder with q* in another family, beside the encoder's (gap/FAMILY/…)
+            metrics.update(self._measure(trainer, pl_module, in_family(pl_module.lvm, self.family), x, f"gap/{self.family}")[1])
         convergence = convergence_of(trainer)
         if convergence is not None:
             # The gap of a model still improving is not the converged model's (the linear-Gaussian model's shrinks to 0): said with it.
