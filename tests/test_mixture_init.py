@@ -15,6 +15,8 @@ from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact
 
+from conftest import quiet_trainer
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -30,8 +32,7 @@ class KnownMixture(SyntheticData):
 
 
 def trainer(epochs: int, **kwargs) -> pl.Trainer:
-    options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
-    return pl.Trainer(max_epochs=epochs, **{**options, **kwargs})
+    return quiet_trainer(max_epochs=epochs, **{"logger": False, "enable_checkpointing": False, **kwargs})
 
 
 def mean_log_px(module: LVMModule, x: torch.Tensor) -> float:
