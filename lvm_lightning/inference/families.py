@@ -2,32 +2,22 @@
 Cremer et al. (2018) with q* a full-covariance Gaussian for a model trained with a diagonal one, for instance."""
 
 from torch import Tensor, nn
-from torch.distributions import Distribution
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.builders import posterior_family
-from lvm_lightning.models.lvm import LatentVariableModel
+from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 
 
 class InFamily(nn.Module):
-    """The encoder's q_φ(z|x) re-expressed in ``family``: params = family.params_of(q_φ(z|x)), so q* starts from the very
+    """x ↦ family.params_of(q_φ(z|x)): the encoder's distribution as parameter rows of ``family``, so that q* starts from the very
     distribution the encoder gives (a diagonal Gaussian is a full-covariance one with zero correlations)."""
 
     def __init__(self, encoder: nn.Module, family: nn.Module) -> None:
         super().__init__()
         self.encoder, self.family = encoder, family
 
-    def params(self, inputs: Tensor) -> Tensor:
+    def forward(self, inputs: Tensor) -> Tensor:
         return self.family.params_of(self.encoder(inputs))
-
-    def distribution(self, params: Tensor) -> Distribution:
-        return self.family(params)
-
-    def prior_params(self, prior: Distribution) -> Tensor:
-        return self.family.params_of(prior)
-
-    def forward(self, inputs: Tensor) -> Distribution:
-        return self.distribution(self.params(inputs))
 
 
 def in_family(model: LatentVariableModel, name: str) -> LatentVariableModel:
@@ -37,4 +27,4 @@ def in_family(model: LatentVariableModel, name: str) -> LatentVariableModel:
     if name == "flow":
         raise UsageError("a flow q* starts from an amortized flow: train with --model.lvm.posterior flow, or compare with --gap_family full")
     family = posterior_family(name, model.prior().event_shape[0]).to(next(model.parameters()).device)
-    return LatentVariableModel(model.prior, model.decoder, InFamily(model.encoder, family))
+    return LatentVariableModel(model.prior, model.decoder, Conditional(InFamily(model.encoder, family), family))
