@@ -128,7 +128,7 @@ def evaluate_checkpoint(
     ais: Optional[AIS] = None,
     bdmc: int = 0,
     gap_log_px: Literal["importance_sampling", "ais"] = "importance_sampling",
-    gap_family: Optional[Literal["diagonal", "full", "flow"]] = None,
+    gap_family: Optional[Literal["diagonal", "full", "local_flow", "flow"]] = None,
 ) -> dict[str, Any]:
     """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?, 'gaps'?}.
 
@@ -140,7 +140,8 @@ def evaluate_checkpoint(
     'convergence_note': present when the run's validation log p(x) was still improving when the checkpoint was written.
     'bdmc' (when ``bdmc`` > 0): ``bdmc_sandwich`` on that many simulated points. ``gap_log_px`` 'ais': the gaps' log p(x) by
     ``ais`` started from q* where it has no exact form. ``gap_family``: the same decomposition again, on the same decoder, with
-    q* in that posterior family (from the encoder's q_φ re-expressed in it) as 'gaps_in_family', e.g. 'full' beside a diagonal encoder.
+    q* in that posterior family (from the encoder's q_φ re-expressed in it) as 'gaps_in_family', e.g. 'full' or 'local_flow' beside a
+    diagonal encoder ('flow', whose weights are amortized, needs a model trained with it).
     """
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")

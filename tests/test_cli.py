@@ -225,11 +225,11 @@ def test_bad_evaluation_input_is_one_line(bernoulli_checkpoint, tmp_path, capsys
 
 def test_evaluation_runs_ais_bdmc_and_gaps_with_ais(bernoulli_checkpoint, tmp_path, capsys):
     """--estimators ais gives the JSON key 'ais' with its schedule and HMC diagnostics, --bdmc the sandwich on simulated points,
-    --gap_log_px ais the gaps' log p(x) by AIS from q*, --gap_family full a second decomposition; the stdout table names them."""
+    --gap_log_px ais the gaps' log p(x) by AIS from q*, --gap_family local_flow a second decomposition; the stdout table names them."""
     np.save(tmp_path / "bits.npy", np.random.default_rng(1).integers(0, 2, size=(12, 4)).astype(np.float32))
     schedule = ["--ais.num_steps", "30", "--ais.num_chains", "4", "--ais.leapfrog_steps", "2"]
     evaluate.main([str(bernoulli_checkpoint), "--data_path", str(tmp_path / "bits.npy"), "--estimators", "importance_sampling,ais", *schedule,
-                   "--bdmc", "8", "--gap_points", "4", "--gap.max_steps", "20", "--gap_log_px", "ais", "--gap_family", "full",
+                   "--bdmc", "8", "--gap_points", "4", "--gap.max_steps", "20", "--gap_log_px", "ais", "--gap_family", "local_flow",
                    "--output", str(tmp_path / "r.json")])  # fmt: skip
     report = json.loads((tmp_path / "r.json").read_text())
     ais = report["estimates"]["ais"]
@@ -240,11 +240,11 @@ def test_evaluation_runs_ais_bdmc_and_gaps_with_ais(bernoulli_checkpoint, tmp_pa
     sandwich = report["bdmc"]
     assert sandwich["lower"]["num_points"] == 8 and sandwich["width"]["mean"] == pytest.approx(sandwich["upper"]["mean"] - sandwich["lower"]["mean"], abs=1e-5)
     assert report["gaps"]["log_px_method"] == "AIS from q*, T=30 (sigmoid), 4 chains, 2 leapfrog steps"
-    second = report["gaps_in_family"]  # the same decoder with a full-covariance q*, started from the same q_φ
-    assert second["family"] == "full" and second["num_points"] == 4
+    second = report["gaps_in_family"]  # the same decoder with a flow per point as q*, started from the same q_φ
+    assert second["family"] == "local_flow" and second["num_points"] == 4
     assert second["elbo_amortized"] == pytest.approx(report["gaps"]["elbo_amortized"], abs=0.5)  # one q_φ, other ELBO draws
     out = capsys.readouterr().out
-    assert "BDMC on 8 simulated points" in out and "q* full" in out
+    assert "BDMC on 8 simulated points" in out and "q* local_flow" in out
 
 
 def test_a_loss_gone_nan_stops_the_run_at_that_step_with_one_line(tmp_path, monkeypatch, capsys):

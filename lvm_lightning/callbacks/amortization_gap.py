@@ -64,7 +64,7 @@ class AmortizationGap(DataCallback):
     gap/model_converged (1 or 0) says whether validation log p(x) had stopped improving, and the first
     measurement of a model that had not converged says so on stderr. log p(x) is importance-sampled from q* with
     ``log_px_samples``, or annealed from q* by ``ais`` where given (exact where the model has an exact form). ``family``
-    ('full', 'diagonal') repeats it with q* in that family on the same decoder, under gap/FAMILY/….
+    ('full', 'local_flow', 'diagonal') repeats it with q* in that family on the same decoder, under gap/FAMILY/….
     """
 
     def __init__(
@@ -79,7 +79,7 @@ class AmortizationGap(DataCallback):
         chunk_size: Optional[int] = None,
         seed: int = 0,
         ais: Optional[AIS] = None,
-        family: Optional[Literal["diagonal", "full"]] = None,
+        family: Optional[Literal["diagonal", "full", "local_flow"]] = None,
     ) -> None:
         if num_points < 1 or elbo_samples < 1 or log_px_samples < 1:
             raise UsageError("num_points, elbo_samples and log_px_samples must be >= 1")

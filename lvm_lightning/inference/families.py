@@ -1,5 +1,5 @@
 """Per-point inference in another posterior family than the encoder's, on the same decoder: the gap decomposition of
-Cremer et al. (2018) with q* a full-covariance Gaussian for a model trained with a diagonal one, for instance."""
+Cremer et al. (2018) with q* a full-covariance Gaussian or a local flow for a model trained with a diagonal Gaussian, for instance."""
 
 from torch import Tensor, nn
 
@@ -25,6 +25,8 @@ def in_family(model: LatentVariableModel, name: str) -> LatentVariableModel:
     if model.discrete:
         raise UsageError("a second posterior family applies to a continuous z: a categorical q already holds the exact posterior")
     if name == "flow":
-        raise UsageError("a flow q* starts from an amortized flow: train with --model.lvm.posterior flow, or compare with --gap_family full")
+        raise UsageError(
+            "a coupling flow's q* needs its amortized flow: compare with --gap_family local_flow (a flow per point), or train with --model.lvm.posterior flow"
+        )
     family = posterior_family(name, model.prior().event_shape[0]).to(next(model.parameters()).device)
     return LatentVariableModel(model.prior, model.decoder, Conditional(InFamily(model.encoder, family), family))

@@ -2,7 +2,7 @@
 
 from lvm_lightning.models.builders import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.models.families import BernoulliFamily, CategoricalFamily, ContinuousBernoulliFamily, DiagonalGaussian
-from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian
+from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian, LocalFlow
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
 
@@ -17,6 +17,7 @@ __all__ = [
     "FullCovarianceGaussian",
     "LatentVariableModel",
     "LinearGaussian",
+    "LocalFlow",
     "MixtureModel",
     "StandardNormalPrior",
     "VAE",

@@ -15,25 +15,28 @@ from torch.distributions import Distribution, MultivariateNormal
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.conv import ConvDecoder, ConvEncoder
 from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, Likelihood, likelihood_family
-from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian
+from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian, LocalFlow
 from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
 
 Network = Literal["mlp", "conv"]
-Posterior = Literal["diagonal", "full", "flow"]
+Posterior = Literal["diagonal", "full", "flow", "local_flow"]
 
 
 def posterior_family(name: str, latent_dim: int) -> nn.Module:
-    """The family of q_φ(z|x) (and of per-point q*) called ``name``: a diagonal Gaussian, a full-covariance one, or a coupling flow."""
+    """The family of q_φ(z|x) (and of per-point q*) called ``name``: a diagonal Gaussian, a full-covariance one, a coupling flow
+    (shared weights, per-point context), or a local flow (every parameter per point)."""
     if name == "diagonal":
         return DiagonalGaussian(latent_dim)
     if name == "full":
         return FullCovarianceGaussian(latent_dim)
     if name == "flow":
         return CouplingFlow(latent_dim)
-    raise UsageError(f"unknown posterior {name!r}: choose 'diagonal', 'full' or 'flow'")
+    if name == "local_flow":
+        return LocalFlow(latent_dim)
+    raise UsageError(f"unknown posterior {name!r}: choose 'diagonal', 'full', 'flow' or 'local_flow'")
 
 
 MixtureInit = Literal["auto", "kmeans", "random"]
@@ -167,7 +170,8 @@ class MixtureModel(LatentVariableModel):
 class VAE(LatentVariableModel):
     """z ~ N(0, I_d), p_θ(x|z) = likelihood(decoder(z)), q_φ(z|x) = N(μ_φ(x), diag σ_φ²(x)) (Kingma & Welling, 2014).
 
-    ``posterior`` 'full' makes q_φ a Gaussian with every correlation, 'flow' a coupling flow (models/flows.py).
+    ``posterior`` 'full' makes q_φ a Gaussian with every correlation, 'flow' a coupling flow, 'local_flow' a sinh-arcsinh flow
+    whose every parameter comes from the network (models/flows.py).
     ``network`` 'conv' uses stride-2 convolutions over images of ``image_shape`` (C, H, W); then
     ``encoder_hidden`` and ``decoder_hidden`` are their channels.
     """

@@ -1,5 +1,5 @@
-"""Posterior families beyond the fully factorized Gaussian: every correlation (``FullCovarianceGaussian``) and a normalizing flow
-(``CouplingFlow``, zuko's affine-coupling RealNVP). Like the families of families.py: unconstrained params rows [..., P] in, a
+"""Posterior families beyond the fully factorized Gaussian: every correlation (``FullCovarianceGaussian``), a normalizing flow
+(``CouplingFlow``, zuko's affine-coupling RealNVP), and a flow whose every parameter is per point (``LocalFlow``). Like the families of families.py: unconstrained params rows [..., P] in, a
 torch.distributions object with ``rsample`` and ``log_prob`` out, so they serve the amortized encoder and per-point q* alike.
 
 zuko, not Pyro's transforms or nflows: its flows are torch.distributions objects conditioned on a context tensor (Pyro's
@@ -7,10 +7,13 @@ conditional transforms need ``condition`` calls and pull in Pyro; nflows has its
 a release since 2023), it is MIT-licensed, small, pure PyTorch, and runs wherever torch does (docs/architecture.md).
 """
 
+import math
+
 import torch
 import zuko
 from torch import Tensor, nn
-from torch.distributions import AffineTransform, Distribution, MultivariateNormal, TransformedDistribution
+from torch.distributions import AffineTransform, Distribution, Independent, MultivariateNormal, Normal, TransformedDistribution, constraints
+from torch.distributions.transforms import IndependentTransform, Transform
 
 from lvm_lightning.errors import UsageError
 
@@ -29,13 +32,18 @@ class FullCovarianceGaussian(nn.Module):
         self.register_buffer("cols", cols, persistent=False)
         self.register_buffer("on_diagonal", rows == cols, persistent=False)
 
-    def forward(self, params: Tensor) -> Distribution:
+    def loc_and_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """μ [..., dim] and the lower-triangular L [..., dim, dim] of params rows [..., num_params]."""
         loc, entries = params.split([self.dim, self.num_params - self.dim], -1)
         scale = entries.new_zeros(*entries.shape[:-1], self.dim, self.dim)
         off = ~self.on_diagonal
         # Written into a fresh tensor, off-diagonal and diagonal apart: exp never meets an off-diagonal entry (no inf·0 gradients).
         scale[..., self.rows[off], self.cols[off]] = entries[..., off]
         scale[..., self.rows[self.on_diagonal], self.cols[self.on_diagonal]] = entries[..., self.on_diagonal].exp()
+        return loc, scale
+
+    def forward(self, params: Tensor) -> Distribution:
+        loc, scale = self.loc_and_scale(params)
         return MultivariateNormal(loc, scale_tril=scale, validate_args=False)
 
     def params_of(self, distribution: Distribution) -> Tensor:
@@ -44,6 +52,87 @@ class FullCovarianceGaussian(nn.Module):
         entries = scale[..., self.rows, self.cols]
         entries = torch.where(self.on_diagonal, entries.clamp(min=torch.finfo(entries.dtype).tiny).log(), entries)
         return torch.cat([distribution.mean, entries], -1)
+
+
+class SinhArcsinhTransform(Transform):
+    """y = sinh(b · asinh(x) − a) elementwise, b = exp(log_tail): skew a and tail weight b, the identity at a = 0, b = 1 (Jones & Pewsey, 2009)."""
+
+    domain = constraints.real
+    codomain = constraints.real
+    bijective = True
+    sign = +1
+
+    def __init__(self, skew: Tensor, log_tail: Tensor, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
+        self.skew, self.log_tail = skew, log_tail
+
+    def with_cache(self, cache_size: int = 1) -> "SinhArcsinhTransform":
+        return self if self._cache_size == cache_size else SinhArcsinhTransform(self.skew, self.log_tail, cache_size)
+
+    def _call(self, x: Tensor) -> Tensor:
+        return torch.sinh(self.log_tail.exp() * torch.asinh(x) - self.skew)
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return torch.sinh((torch.asinh(y) + self.skew) / self.log_tail.exp())
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """log b + log cosh(b asinh(x) − a) − ½ log(1 + x²), with log cosh t = |t| + log(1 + e^(−2|t|)) − log 2 (no overflow)."""
+        t = (self.log_tail.exp() * torch.asinh(x) - self.skew).abs()
+        return self.log_tail + t + torch.log1p(torch.exp(-2 * t)) - math.log(2) - 0.5 * torch.log1p(x.square())
+
+
+class LowerTriangularAffine(Transform):
+    """y = μ + L x over R^dim for a lower-triangular L with positive diagonal; inverse by a triangular solve."""
+
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+    sign = +1
+
+    def __init__(self, loc: Tensor, scale_tril: Tensor, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
+        self.loc, self.scale_tril = loc, scale_tril
+
+    def with_cache(self, cache_size: int = 1) -> "LowerTriangularAffine":
+        return self if self._cache_size == cache_size else LowerTriangularAffine(self.loc, self.scale_tril, cache_size)
+
+    def _call(self, x: Tensor) -> Tensor:
+        return self.loc + (self.scale_tril @ x[..., None])[..., 0]
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        scale = self.scale_tril.expand(*y.shape[:-1], *self.scale_tril.shape[-2:])
+        return torch.linalg.solve_triangular(scale, (y - self.loc)[..., None], upper=False)[..., 0]
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1).expand(x.shape[:-1])
+
+
+class LocalFlow(nn.Module):
+    """z = μ + L g(ε), ε ~ N(0, I), g ``layers`` elementwise sinh-arcsinh maps (skew and tail weight per coordinate): a normalizing flow
+    every parameter of which sits in one params row [μ, L as FullCovarianceGaussian's, (a, log b) per layer], so that per-point
+    inference fits a flow per point (Cremer et al.'s local flow), batched as any q*. It holds every Gaussian (a = 0, log b = 0), so
+    q* starts from a Gaussian encoder's q_φ exactly; its density has a closed-form inverse, so AIS and the STL gradient apply."""
+
+    def __init__(self, dim: int, layers: int = 2) -> None:
+        super().__init__()
+        if layers < 1:
+            raise UsageError(f"a local flow needs layers >= 1, got {layers}")
+        self.gaussian = FullCovarianceGaussian(dim)
+        self.dim, self.layers = dim, layers
+        self.num_params = self.gaussian.num_params + 2 * layers * dim
+
+    def forward(self, params: Tensor) -> Distribution:
+        gaussian, shapes = params.split([self.gaussian.num_params, 2 * self.layers * self.dim], -1)
+        loc, scale = self.gaussian.loc_and_scale(gaussian)
+        layers = shapes.unflatten(-1, (self.layers, 2, self.dim))
+        base = Independent(Normal(torch.zeros_like(loc), torch.ones_like(loc), validate_args=False), 1, validate_args=False)
+        maps = [IndependentTransform(SinhArcsinhTransform(layers[..., k, 0, :], layers[..., k, 1, :]), 1) for k in range(self.layers)]
+        return TransformedDistribution(base, [*maps, LowerTriangularAffine(loc, scale)], validate_args=False)
+
+    def params_of(self, distribution: Distribution) -> Tensor:
+        """The params that make the flow the Gaussian ``distribution``: identity maps after its μ and L."""
+        gaussian = self.gaussian.params_of(distribution)
+        return torch.cat([gaussian, gaussian.new_zeros(*gaussian.shape[:-1], 2 * self.layers * self.dim)], -1)
 
 
 class CouplingFlow(nn.Module):
