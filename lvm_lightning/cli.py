@@ -12,7 +12,7 @@ from jsonargparse import ArgumentParser, Namespace, lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, Convergence, DensityPlot, ImageGrids, LatentScatter, ProgressBar, TrueLogDensity
+from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, Convergence, DensityPlot, ImageGrids, LatentScatter, ProgressBar, ScalarLayout, TrueLogDensity
 from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import explain
 from lvm_lightning.files import AtomicCheckpointIO
@@ -41,6 +41,7 @@ class LVMCLI(LightningCLI):
         parser.add_lightning_class_args(ImageGrids, "image_grids")
         parser.add_lightning_class_args(LatentScatter, "latent_scatter")
         parser.add_lightning_class_args(ActiveUnits, "active_units")
+        parser.add_lightning_class_args(ScalarLayout, "scalar_layout")  # TensorBoard's CUSTOM SCALARS tab; --scalar_layout.enabled false: none
         parser.set_defaults(
             {
                 "data": lazy_instance(GaussianMixtureData),

@@ -4,6 +4,7 @@ from lvm_lightning.callbacks.amortization_gap import AmortizationGap
 from lvm_lightning.callbacks.convergence import Convergence, convergence_note
 from lvm_lightning.callbacks.density_plot import DensityPlot
 from lvm_lightning.callbacks.images import ActiveUnits, ImageGrids, LatentScatter, active_units
+from lvm_lightning.callbacks.layout import ScalarLayout
 from lvm_lightning.callbacks.progress import ProgressBar
 from lvm_lightning.callbacks.true_density import TrueLogDensity
 
@@ -15,6 +16,7 @@ __all__ = [
     "ImageGrids",
     "LatentScatter",
     "ProgressBar",
+    "ScalarLayout",
     "TrueLogDensity",
     "active_units",
     "convergence_note",
