@@ -87,8 +87,10 @@ class LatentVariableModel(nn.Module):
             prior, likelihood = self.prior(), self.decoder(z)
         return prior.log_prob(z) + likelihood.log_prob(x)
 
-    def posterior(self, x: Tensor) -> Distribution:
-        """The amortized q_φ(z|x), batch shape [B]."""
+    def posterior(self, x: Tensor, frozen: bool = False) -> Distribution:
+        """The amortized q_φ(z|x), batch shape [B]; ``frozen`` treats φ as a constant (the density of the STL and DReG gradients)."""
+        if frozen:
+            return functional_call(self.encoder, _frozen(self.encoder), (x,))
         return self.encoder(x)
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from lvm_lightning.objectives.estimators import (
     elbo,
     evaluation_estimators,
     importance_log_weights,
+    leave_one_out_bounds,
     log_mean_exp_stderr,
     tractable,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "elbo",
     "evaluation_estimators",
     "importance_log_weights",
+    "leave_one_out_bounds",
     "log_mean_exp_stderr",
     "resolve_encoder_objective",
     "simulate",

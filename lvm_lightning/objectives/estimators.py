@@ -9,7 +9,7 @@ estimators draw log-weights shaped [K, B] in chunks, so memory stays bounded how
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional, Sequence
+from typing import Any, Callable, Hashable, Literal, Optional, Sequence, get_args
 
 import torch
 from torch import Tensor
@@ -185,6 +185,10 @@ class SampledEstimator(Estimator):
 
     def collect(self, draw: Callable[[int], Tensor], batch_size: int) -> Estimate:
         """The estimate from K log-weights that ``draw`` makes in chunks of at most chunk_size (sample × point) pairs."""
+        return self.from_log_weights(self.draw_all(draw, batch_size))
+
+    def draw_all(self, draw: Callable[[int], Tensor], batch_size: int) -> Tensor:
+        """``draw(k)`` [k, B, …] for chunks of k samples that sum to K, each of at most chunk_size (sample × point) pairs, concatenated: [K, B, …]."""
         per_chunk = max(1, self.chunk_size // max(1, batch_size))
         sizes = [min(per_chunk, self.num_samples - start) for start in range(0, self.num_samples, per_chunk)]
         if self.recompute and torch.is_grad_enabled():
@@ -192,7 +196,7 @@ class SampledEstimator(Estimator):
             chunks = [checkpoint(draw, k, use_reentrant=False) for k in sizes]
         else:
             chunks = [draw(k) for k in sizes]
-        return self.from_log_weights(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     def stderr(self, estimate: Estimate) -> Tensor:
         return log_mean_exp_stderr(estimate)
@@ -233,14 +237,38 @@ def importance_log_weights(
     return model.log_joint(x, z, frozen) - (log_q if q.has_rsample else log_q.detach())
 
 
+Gradient = Literal["reparam", "stl", "dreg", "vimco"]
+
+
 class ImportanceSampling(SampledEstimator):
     """log (1/K) Σ_k p_θ(x, z_k) / q_φ(z_k|x), z_k ~ q_φ(z|x); K = 1 is the ELBO, and it is exact when q = p_θ(z|x).
 
-    With a reparameterizable q the bound trains φ as well (IWAE; K = 1 is the VAE); otherwise φ follows ``encoder_objective``.
+    θ always follows the bound's gradient, Σ_k w̃_k ∇_θ log w_k with w̃_k = w_k / Σ_j w_j. ``gradient`` chooses φ's:
+    'reparam' the reparameterized bound's (IWAE; K = 1 is the VAE); 'stl' its path derivative alone, log q_φ held
+    constant in φ (Roeder et al., 2017; biased for K > 1); 'dreg' Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ, unbiased with an
+    SNR that does not fall with K (Tucker et al., 2018); 'vimco' the score function Σ_k (L̂ − L̂_{−k}) ∇_φ log q_φ(z_k|x)
+    with leave-one-out baselines, for a q that cannot be reparameterized (Mnih & Rezende, 2016). Under 'reparam', a q
+    that cannot be reparameterized over an enumerable z follows ``encoder_objective``.
     """
 
     name = "importance_sampling"
     proposal = "q_φ(z|x)"
+    gradients: tuple[str, ...] = get_args(Gradient)
+
+    def __init__(
+        self,
+        num_samples: int = 1,
+        chunk_size: Optional[int] = None,
+        encoder_objective: Optional[EncoderObjective] = None,
+        recompute: bool = False,
+        gradient: Gradient = "reparam",
+    ) -> None:
+        super().__init__(num_samples, chunk_size, encoder_objective, recompute)
+        if gradient not in self.gradients:
+            raise UsageError(f"{self.name} takes gradient {', '.join(map(repr, self.gradients))}, got {gradient!r}")
+        if gradient == "vimco" and num_samples < 2:
+            raise UsageError("gradient 'vimco' needs num_samples >= 2: each sample's baseline is made of the other K - 1")
+        self.gradient = gradient
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         q = model.posterior(x)
@@ -252,14 +280,75 @@ class ImportanceSampling(SampledEstimator):
 
     def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
         q = model.posterior(x)
-        log_px = self.estimate_with(model, x, q).log_px
-        return Objective(log_px if q.has_rsample else log_px + self.encoder_signal(model, x), log_px)
+        if self.gradient == "vimco":
+            return self._vimco(model, x, q)
+        if not q.has_rsample:
+            if self.gradient != "reparam" or not model.discrete:
+                raise UsageError(
+                    f"q_φ(z|x) ({type(q).__name__}) cannot be reparameterized"
+                    + ("" if model.discrete else " and z has too many values to enumerate")
+                    + ": train with gradient 'vimco' and K >= 2 (--model.estimator.init_args.gradient vimco)"
+                )
+            log_px = self.estimate_with(model, x, q).log_px
+            return Objective(log_px + self.encoder_signal(model, x), log_px)
+        if self.gradient == "reparam":
+            log_px = self.estimate_with(model, x, q).log_px
+        elif self.gradient == "stl":
+            log_px = self.estimate_with(model, x, q, density=model.posterior(x, frozen=True)).log_px
+        else:
+            log_px = self._dreg(model, x, q)
+        return Objective(log_px, log_px)
+
+    def _dreg(self, model: LatentVariableModel, x: Tensor, q: Distribution) -> Tensor:
+        """The bound [B] whose backward pass gives φ the DReG gradient: STL log-weights, with each z_k's gradient scaled by w̃_k."""
+        density = model.posterior(x, frozen=True)
+        normalized: list[Tensor] = []  # w̃ [K, B], known once every chunk is drawn and before the backward pass reads it
+        drawn = [0]
+
+        def draw(k: int) -> Tensor:
+            rows = slice(drawn[0], drawn[0] + k)
+            drawn[0] += k
+            z = q.rsample((k,))
+            # ∂bound/∂z_k = w̃_k ∂log w_k/∂z_k; scaled once more by w̃_k it is DReG's, while θ keeps the IWAE gradient.
+            z.register_hook(lambda grad: grad * normalized[0][rows].reshape(k, -1, *[1] * (grad.dim() - 2)))
+            return model.log_joint(x, z) - density.log_prob(z)
+
+        log_weights = self.draw_all(draw, x.shape[0])
+        normalized.append(torch.softmax(log_weights.detach(), 0))
+        return self.reduce(log_weights)
+
+    def _vimco(self, model: LatentVariableModel, x: Tensor, q: Distribution) -> Objective:
+        """The bound [B] plus a zero-valued term whose gradient is VIMCO's score-function part, Σ_k (L̂ − L̂_{−k}) ∇_φ log q_φ(z_k|x)."""
+
+        def draw(k: int) -> Tensor:
+            z = q.sample((k,))
+            log_q = q.log_prob(z)
+            return torch.stack([model.log_joint(x, z) - log_q, log_q], -1)
+
+        log_weights, log_q = self.draw_all(draw, x.shape[0]).unbind(-1)
+        log_px = self.reduce(log_weights)
+        signal = ((log_px.detach() - leave_one_out_bounds(log_weights.detach())) * log_q).sum(0)
+        return Objective(log_px + signal - signal.detach(), log_px)
+
+
+def leave_one_out_bounds(log_weights: Tensor) -> Tensor:
+    """L̂_{−k} = log (1/K) (Σ_{j≠k} w_j + exp(mean_{j≠k} log w_j)): the bound with w_k replaced by the others' geometric mean, [K, B]."""
+    k = log_weights.shape[0]
+    others_mean = (log_weights.sum(0) - log_weights) / (k - 1)
+    total = log_weights.logsumexp(0)
+    # log(Σ_j w_j − w_k) loses no precision while w_k ≤ Σ_j w_j / 2, true for all but the largest w_k: that one is summed without it.
+    others = total + torch.log1p(-(log_weights - total).exp().clamp(max=0.5))
+    largest = log_weights.argmax(0, keepdim=True)
+    without_largest = log_weights.scatter(0, largest, -math.inf).logsumexp(0, keepdim=True)
+    others = others.scatter(0, largest, without_largest)
+    return torch.logaddexp(others, others_mean) - math.log(k)
 
 
 class ELBO(ImportanceSampling):
-    """ELBO(q_φ) = E_q[log p_θ(x, z) − log q_φ(z|x)], the mean of K log-weights (not their log-mean-exp)."""
+    """ELBO(q_φ) = E_q[log p_θ(x, z) − log q_φ(z|x)], the mean of K log-weights (not their log-mean-exp); φ's gradient 'reparam' or 'stl'."""
 
     name = "elbo"
+    gradients = ("reparam", "stl")
 
     def reduce(self, log_weights: Tensor) -> Tensor:
         return log_weights.mean(0)
