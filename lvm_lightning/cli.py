@@ -12,7 +12,18 @@ from jsonargparse import ArgumentParser, Namespace, lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from lvm_lightning.callbacks import ActiveUnits, AmortizationGap, Convergence, DensityPlot, ImageGrids, LatentScatter, ProgressBar, ScalarLayout, TrueLogDensity
+from lvm_lightning.callbacks import (
+    ActiveUnits,
+    AmortizationGap,
+    Convergence,
+    DensityPlot,
+    GradientSNR,
+    ImageGrids,
+    LatentScatter,
+    ProgressBar,
+    ScalarLayout,
+    TrueLogDensity,
+)
 from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import explain
 from lvm_lightning.files import AtomicCheckpointIO
@@ -42,12 +53,14 @@ class LVMCLI(LightningCLI):
         parser.add_lightning_class_args(LatentScatter, "latent_scatter")
         parser.add_lightning_class_args(ActiveUnits, "active_units")
         parser.add_lightning_class_args(ScalarLayout, "scalar_layout")  # TensorBoard's CUSTOM SCALARS tab; --scalar_layout.enabled false: none
+        parser.add_lightning_class_args(GradientSNR, "gradient_snr")  # off unless --gradient_snr.every_n_epochs N: it costs num_estimates steps
         parser.set_defaults(
             {
                 "data": lazy_instance(GaussianMixtureData),
                 "model.lvm": {"class_path": "lvm_lightning.models.MixtureModel"},
                 "model.estimator": {"class_path": "lvm_lightning.objectives.Exact"},
                 "checkpoint.save_last": True,
+                "gradient_snr.every_n_epochs": 0,
                 # After the callbacks' epoch-end work (the gap's draws), so that a resumed run repeats none of it.
                 "checkpoint.save_on_train_epoch_end": True,
                 # A resumed run rewrites the checkpoints of the epochs it repeats, rather than leaving -v1, -v2 copies.

@@ -3,6 +3,7 @@
 from lvm_lightning.callbacks.amortization_gap import AmortizationGap
 from lvm_lightning.callbacks.convergence import Convergence, convergence_note
 from lvm_lightning.callbacks.density_plot import DensityPlot
+from lvm_lightning.callbacks.gradient_snr import GradientSNR, gradient_snr
 from lvm_lightning.callbacks.images import ActiveUnits, ImageGrids, LatentScatter, active_units
 from lvm_lightning.callbacks.layout import ScalarLayout
 from lvm_lightning.callbacks.progress import ProgressBar
@@ -13,6 +14,7 @@ __all__ = [
     "AmortizationGap",
     "Convergence",
     "DensityPlot",
+    "GradientSNR",
     "ImageGrids",
     "LatentScatter",
     "ProgressBar",
@@ -20,4 +22,5 @@ __all__ = [
     "TrueLogDensity",
     "active_units",
     "convergence_note",
+    "gradient_snr",
 ]
