@@ -223,6 +223,16 @@ def write_outputs(report: dict[str, Any], output: Optional[str], figure: Optiona
             print(f"wrote the figure to TensorBoard in {log_dir}")
 
 
+def check_outputs(output: Optional[str], figure: Optional[str]) -> None:
+    """Raises UsageError, naming the option, unless each file given can be written: checked before the study's seconds, not after."""
+    for option, path in (("--output", output), ("--figure", figure)):
+        if path:
+            try:
+                check_output(path)
+            except UsageError as error:  # lvm-evaluate's check, whose message names its one option, --output
+                raise UsageError(str(error).replace("--output", option, 1)) from None
+
+
 def parser() -> ArgumentParser:
     """``lvm-study estimators``: ``run_estimators``'s arguments (``--data.*`` the true mixture's), and where the outputs go."""
     estimators = ArgumentParser(description=__doc__.splitlines()[0], exit_on_error=False)
@@ -251,9 +261,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         cli = parser()
         args = cli.instantiate(cli.parse_args(argv)).estimators.as_dict()
         outputs = {name: args.pop(name) for name in ("output", "figure", "log_dir")}
-        for name in ("output", "figure"):
-            if outputs[name]:
-                check_output(outputs[name])
+        check_outputs(outputs["output"], outputs["figure"])
         report = run_estimators(**args)
     except Exception as error:
         message = explain(error)

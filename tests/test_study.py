@@ -143,7 +143,8 @@ def test_a_trained_checkpoint_is_studied_with_its_encoder(tmp_path):
         (["--proposal", "encoder"], "the true model has no trained encoder"),
         (["--checkpoint", "missing.ckpt"], "checkpoint 'missing.ckpt' not found"),
         (["--data.num_clusters", "0"], "num_clusters, dim and cluster_std must be positive"),
-        (["--output", "."], "is a folder"),
+        (["--output", "."], "--output . is a folder"),
+        (["--figure", "no/such/folder/study.png"], "--figure no/such/folder/study.png: its folder does not exist"),
     ],
 )
 def test_bad_input_is_one_line(args, message, capsys):
