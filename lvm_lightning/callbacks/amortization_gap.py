@@ -92,7 +92,15 @@ class AmortizationGap(DataCallback):
         self._said_unconverged = False  # once a run
 
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
-        return None if self.every_n_epochs <= 0 or self.split in data.splits else f"the data module has no {self.split!r} split"
+        if self.every_n_epochs <= 0:
+            return None
+        if self.split not in data.splits:
+            return f"the data module has no {self.split!r} split"
+        try:
+            self.optimizer.check(model)
+        except UsageError as error:
+            return str(error)
+        return None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

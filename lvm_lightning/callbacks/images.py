@@ -94,7 +94,7 @@ class LatentScatter(DataCallback):
         if "test" not in data.labels:
             return "the data have no labels"
         shape = tuple(model.prior().event_shape)
-        return None if shape == (2,) and not model.discrete else f"the latent's shape is {shape}, it draws 2-D continuous encodings"
+        return None if shape == (2,) and model.continuous else f"the latent's shape is {shape}, it draws 2-D continuous encodings"
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -122,7 +122,7 @@ class ActiveUnits(DataCallback):
         self.threshold = threshold
 
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
-        return "the latent is enumerable (active units count continuous coordinates)" if model.discrete else None
+        return None if model.continuous else "the latent is not continuous (active units count continuous coordinates)"
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

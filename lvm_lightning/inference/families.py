@@ -22,8 +22,8 @@ class InFamily(nn.Module):
 
 def in_family(model: LatentVariableModel, name: str) -> LatentVariableModel:
     """The same prior, decoder and encoder (shared, not copied), with q_φ and q* in the posterior family ``name`` (models.builders.posterior_family)."""
-    if model.discrete:
-        raise UsageError("a second posterior family applies to a continuous z: a categorical q already holds the exact posterior")
+    if not model.continuous:
+        raise UsageError("a second posterior family applies to a continuous z: a categorical z has categorical posteriors")
     if name == "flow":
         raise UsageError(
             "a coupling flow's q* needs its amortized flow: compare with --gap_family local_flow (a flow per point), or train with --model.lvm.posterior flow"

@@ -124,10 +124,18 @@ class LocalOptimizer:
         bound = ImportanceSampling(self.num_samples) if self.bound == "iwae" else ELBO(self.num_samples)
         return bound.estimate_with(model, x, q, frozen=True, density=density).log_px
 
-    def fit(self, model: LatentVariableModel, x: Tensor, record_at: Sequence[int] = ()) -> LocalResult:
-        """Optimizes every point's λ from ``initial_params``; ``record_at`` keeps a copy of λ after each listed step count."""
+    def check(self, model: LatentVariableModel) -> None:
+        """Raise UsageError if per-point inference with these settings cannot fit ``model``'s posterior."""
+        if not model.discrete and not model.continuous:
+            raise UsageError(
+                "per-point inference follows the ELBO's gradient, which needs a continuous z or an enumerable one: this z is neither (raise the model's max_enumerate)"
+            )
         if self.bound == "iwae" and model.discrete:
             raise UsageError("bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO")
+
+    def fit(self, model: LatentVariableModel, x: Tensor, record_at: Sequence[int] = ()) -> LocalResult:
+        """Optimizes every point's λ from ``initial_params``; ``record_at`` keeps a copy of λ after each listed step count."""
+        self.check(model)
         # Gradients reach λ only; enable_grad lets callers run this inside no_grad or validation code.
         with torch.enable_grad():
             return self._fit(model, x, record_at)

@@ -14,12 +14,12 @@ from torch.distributions import Distribution, MultivariateNormal
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.conv import ConvDecoder, ConvEncoder
-from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, Likelihood, likelihood_family
+from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, IndependentCategoricalFamily, Likelihood, likelihood_family
 from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian, LocalFlow
 from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
-from lvm_lightning.models.priors import CategoricalPrior, StandardNormalPrior
+from lvm_lightning.models.priors import CategoricalPrior, IndependentCategoricalPrior, StandardNormalPrior
 
 Network = Literal["mlp", "conv"]
 Posterior = Literal["diagonal", "full", "flow", "local_flow"]
@@ -55,15 +55,17 @@ def conditionals(
     categorical: bool,
     network: Network = "mlp",
     image_shape: Optional[Sequence[int]] = None,
+    num_variables: int = 0,
 ) -> tuple[Conditional, Conditional]:
-    """(decoder p_θ(x|z) = likelihood(net(z)), encoder q_φ(z|x) = posterior(net(x))), with MLPs or stride-2 convolutions over images."""
+    """(decoder p_θ(x|z) = likelihood(net(z)), encoder q_φ(z|x) = posterior(net(x))), with MLPs or stride-2 convolutions over images;
+    a categorical z is one index, or ``num_variables`` of them."""
     if data_dim < 1 or latent_dim < 1:
         raise UsageError(f"data_dim and latent_dim must be >= 1, got {data_dim} and {latent_dim}")
     observation = likelihood_family(likelihood, data_dim, decoder_std)
     encoder_out, decoder_out = posterior.num_params, observation.num_params
     # The decoder first, then the encoder: the order in which they draw their initial weights from the seed.
     if network == "mlp":
-        decoder_net = mlp(latent_dim, decoder_out, decoder_hidden, activation, categorical)
+        decoder_net = mlp(latent_dim, decoder_out, decoder_hidden, activation, categorical, num_variables)
         encoder_net: nn.Module = mlp(data_dim, encoder_out, encoder_hidden, activation)
     elif network == "conv":
         _check_images(data_dim, image_shape, encoder_hidden, decoder_hidden)
@@ -165,6 +167,45 @@ class MixtureModel(LatentVariableModel):
         if not isinstance(self.prior.logits, nn.Parameter):
             log_weights = torch.zeros_like(log_weights)
         return DiagonalMixture(log_weights, mixture.means, variances)
+
+
+class CategoricalVAE(LatentVariableModel):
+    """z ∈ {0, …, C−1}^M, M independent categoricals, p(z) uniform (or learned), p_θ(x|z) = likelihood(net(one-hot z)),
+    q_φ(z|x) = Π_m Categorical(softmax(net(x))_m), a mean-field posterior.
+
+    z takes C^M values. Up to ``max_enumerate`` of them the model is enumerable: the 'exact' estimator, the wake and ELBO
+    encoder objectives and per-point inference sum over all of them. Beyond, q_φ can be trained only by a score-function
+    gradient: ``ImportanceSampling(num_samples=K, gradient='vimco')``.
+    """
+
+    def __init__(
+        self,
+        data_dim: int = 2,
+        num_variables: int = 3,
+        num_categories: int = 10,
+        learn_prior: bool = False,
+        encoder_hidden: Sequence[int] = (64, 64),
+        decoder_hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        likelihood: Likelihood = "gaussian",
+        decoder_std: GaussianStd = "learned",
+        max_enumerate: int = 4096,
+    ) -> None:
+        if num_variables < 1 or num_categories < 2:
+            raise UsageError(f"a categorical latent needs num_variables >= 1 and num_categories >= 2, got {num_variables} and {num_categories}")
+        family = IndependentCategoricalFamily(num_variables, num_categories)
+        decoder, encoder = conditionals(
+            data_dim, num_categories, family, likelihood, decoder_std, encoder_hidden, decoder_hidden, activation, True, num_variables=num_variables
+        )
+        super().__init__(IndependentCategoricalPrior(num_variables, num_categories, learn_prior), decoder, encoder, data_dim)
+        self.num_variables, self.num_categories = num_variables, num_categories
+        self.discrete = num_categories**num_variables <= max_enumerate
+
+    def support(self) -> Tensor:
+        """Every z ∈ {0, …, C−1}^M, [C^M, 1, M] (the first variable slowest)."""
+        values = torch.arange(self.num_categories, device=self.prior.logits.device)
+        grid = torch.cartesian_prod(*[values] * self.num_variables).reshape(-1, self.num_variables)
+        return grid[:, None]
 
 
 class VAE(LatentVariableModel):

@@ -69,6 +69,22 @@ class CategoricalFamily(nn.Module):
         return distribution.logits
 
 
+class IndependentCategoricalFamily(nn.Module):
+    """M independent categoricals over {0, …, C−1}^M, z_m with probabilities softmax(params_m), params [..., M·C]."""
+
+    def __init__(self, num_variables: int, num_categories: int) -> None:
+        super().__init__()
+        self.shape = (num_variables, num_categories)
+        self.num_params = num_variables * num_categories
+
+    def forward(self, params: Tensor) -> Distribution:
+        return Independent(Categorical(logits=params.unflatten(-1, self.shape), validate_args=False), 1, validate_args=False)
+
+    def params_of(self, distribution: Distribution) -> Tensor:
+        """The normalized logits, flattened, of independent categoricals ``distribution``."""
+        return distribution.base_dist.logits.flatten(-2)
+
+
 class BernoulliFamily(nn.Module):
     """Independent Bernoulli(sigmoid(params)) over {0, 1}^dim: for binary data only."""
 

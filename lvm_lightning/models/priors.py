@@ -29,3 +29,18 @@ class CategoricalPrior(nn.Module):
 
     def forward(self) -> Distribution:
         return Categorical(logits=self.logits, validate_args=False)
+
+
+class IndependentCategoricalPrior(nn.Module):
+    """p(z) = Π_m softmax(logits_m)_{z_m} over z ∈ {0, …, C−1}^M, M independent categoricals; uniform unless the logits are learned."""
+
+    def __init__(self, num_variables: int, num_categories: int, learn: bool = False) -> None:
+        super().__init__()
+        logits = torch.zeros(num_variables, num_categories)
+        if learn:
+            self.logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("logits", logits)
+
+    def forward(self) -> Distribution:
+        return Independent(Categorical(logits=self.logits, validate_args=False), 1, validate_args=False)

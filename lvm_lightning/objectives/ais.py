@@ -139,8 +139,10 @@ class AIS(Estimator):
         return f"AIS from {start}, T={self.num_steps} ({self.schedule}), {self.num_chains} chains, {self.leapfrog_steps} leapfrog steps"
 
     def check(self, model: LatentVariableModel) -> None:
-        if model.discrete:
-            raise UsageError("AIS moves a continuous z by Hamiltonian Monte Carlo; an enumerable z has the 'exact' estimator")
+        if not model.continuous:
+            raise UsageError(
+                "AIS moves a continuous z by Hamiltonian Monte Carlo; an enumerable z has the 'exact' estimator, a categorical one importance sampling"
+            )
 
     def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
         raise UsageError("AIS evaluates but does not train: train with e.g. ImportanceSampling and add AIS to --model.validation_estimators")
