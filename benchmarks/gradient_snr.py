@@ -1,0 +1,63 @@
+"""The encoder's and decoder's gradient SNR (median over weights of |E g| / std g) for K = 1, 10, 100 under the reparameterized,
+STL and DReG encoder gradients: on Rainforth et al.'s linear-Gaussian example and, given a checkpoint, on a trained model.
+
+    python benchmarks/gradient_snr.py [--checkpoint CKPT] [--num_estimates 1000] [--batch_size 64] [--output snr.json]
+
+Reading: with M draws a gradient of mean zero reads as about 0.67/√M (the median of |N(0,1)|/√M), the table's floor.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lvm_lightning import LVMModule  # noqa: E402
+from lvm_lightning.callbacks import gradient_snr  # noqa: E402
+from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint  # noqa: E402
+from lvm_lightning.evaluate import run_data  # noqa: E402
+from lvm_lightning.objectives import ImportanceSampling  # noqa: E402
+from tests.test_gradient_snr import rainforth_model  # noqa: E402
+
+KS = (1, 10, 100)
+GRADIENTS = ("reparam", "stl", "dreg")
+
+
+def table(model, x: torch.Tensor, num_estimates: int) -> dict[str, dict[str, float]]:
+    """{f'{gradient} K={k}': {'encoder': SNR, 'decoder': SNR}}, every cell from seed 0."""
+    rows = {}
+    for gradient in GRADIENTS:
+        for k in KS:
+            torch.manual_seed(0)
+            ratios = gradient_snr(ImportanceSampling(k, gradient=gradient), model, x, num_estimates)
+            rows[f"{gradient} K={k}"] = {name: float(value) for name, value in ratios.items()}
+            print(f"{gradient:>8} K={k:<4} " + "  ".join(f"{name} {value:.3f}" for name, value in rows[f"{gradient} K={k}"].items()), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--num_estimates", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    report = {"num_estimates": args.num_estimates, "floor": 0.674 / args.num_estimates**0.5}
+    print("Rainforth et al.'s example (2-D linear Gaussian, 8 points)")
+    torch.set_default_dtype(torch.float64)
+    report["rainforth"] = table(*rainforth_model(0), args.num_estimates)
+    torch.set_default_dtype(torch.float32)
+    if args.checkpoint:
+        print(f"{args.checkpoint}, the first {args.batch_size} test points")
+        data = run_data(read_checkpoint(checkpoint_bytes(args.checkpoint), args.checkpoint))
+        model = LVMModule.load_from_checkpoint(args.checkpoint).lvm
+        report["checkpoint"] = {"path": args.checkpoint, **table(model, data.splits["test"][: args.batch_size], args.num_estimates)}
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
