@@ -1,31 +1,41 @@
 """Evaluate a checkpoint: every applicable estimate of log p(x), and the amortization gap, on its test split or on a .npy file.
 
 lvm-evaluate CKPT [--data_path FILE.npy] [--num_samples K] [--estimators NAME ...] [--ais.num_steps T] [--bdmc N]
-             [--gap_points N] [--gap.max_steps S] [--gap_log_px ais] [--trust MODULE] [--output FILE.json]
+             [--gap_points N] [--gap.max_steps S] [--gap_log_px ais] [--devices N] [--trust MODULE] [--output FILE.json]
+
+``--devices N`` shares the estimates' batches among N processes (one per GPU, or CPU processes on gloo), started by
+Lightning Fabric's ddp_spawn; each batch is seeded by its index, so every per-point value is the one a single process
+computes. The gap decomposition and BDMC then run in the calling process, on ``--device``.
 """
 
 import json
 import math
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import torch
 from jsonargparse import ArgumentParser
+from lightning_fabric import Fabric
 from torch import Tensor
 
 from lvm_lightning.callbacks.convergence import convergence_note
 from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
 from lvm_lightning.data import SplitData, load_array, true_log_prob
+from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError, explain
-from lvm_lightning.evaluation import estimate_all
+from lvm_lightning.evaluation import PerPoint, estimate_all
 from lvm_lightning.files import write_atomically
 from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, Estimator, evaluation_estimators, simulate
+from lvm_lightning.rng import batch_seed, seeded_fork
 from lvm_lightning.timing import timed
+
+Batches = list[dict[str, PerPoint]]  # estimate_all's results, one entry per batch of the data in order
 
 
 def summarize(values: Tensor) -> dict[str, Any]:
@@ -36,21 +46,21 @@ def summarize(values: Tensor) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def estimate_log_px(
-    model: LatentVariableModel,
-    x: Tensor,
-    num_samples: int,
-    batch_size: int = 1024,
-    chunk_size: Optional[int] = None,
-    names: Optional[Sequence[str]] = None,
-    optional: Sequence[Estimator] = (),
-) -> dict[str, dict[str, Any]]:
-    """{estimator name: mean log p̂(x), stderr over points, K, N, the mean of each of its diagnostics, and its settings} over the rows of ``x``, in batches.
+def estimate_batches(
+    model: LatentVariableModel, x: Tensor, estimators: list[Estimator], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
+) -> dict[int, dict[str, PerPoint]]:
+    """``estimate_all`` on batches rank, rank + W, … of ``x``'s batches of ``batch_size`` rows, by batch index, each in a fork
+    of torch's streams seeded by (``seed``, that index): a batch's values are the same whichever process computes it."""
+    out = {}
+    for index, batch in enumerate(x.split(batch_size)):
+        if index % world_size == rank:
+            with seeded_fork(x.device, batch_seed(seed, index)):
+                out[index] = estimate_all(model, batch, estimators)
+    return out
 
-    ``names`` chooses the estimators (default: every one that applies), and may name the ``optional`` ones; those that share draws share them.
-    """
-    estimators = evaluation_estimators(model, num_samples, chunk_size, names, optional)
-    batches = [estimate_all(model, batch, estimators) for batch in x.split(batch_size)]
+
+def summarize_estimates(batches: Batches, estimators: list[Estimator]) -> dict[str, dict[str, Any]]:
+    """{estimator name: mean log p̂(x), stderr over points, K, N, the mean of each of its diagnostics, and its settings} over all batches."""
     results = {}
     for name, first in batches[0].items():
         entry = summarize(torch.cat([batch[name].log_px for batch in batches]))
@@ -61,6 +71,44 @@ def estimate_log_px(
         if estimator.settings():
             results[estimator.name]["settings"] = estimator.settings()
     return results
+
+
+def _estimate_shard(fabric: Fabric, model: LatentVariableModel, x: Tensor, estimators: list[Estimator], batch_size: int, seed: int) -> bytes:
+    """One rank's part of ``sharded_estimates``, pickled: its batches gathered with the others' on every rank (rank 0's result is returned),
+    the seconds from the ranks' common start to the gather, and rank 0's peak memory."""
+    destroy_process_group_at_exit()
+    torch.set_flush_denormal(True)  # tiny importance weights: see LVMModule.setup (a spawned process starts without it)
+    model, x = model.to(fabric.device).eval(), x.to(fabric.device)
+    if x.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(x.device)
+    fabric.barrier()  # every rank set up: the seconds are the estimates' alone
+
+    def estimate_and_gather() -> list[dict[int, dict[str, PerPoint]]]:
+        mine = estimate_batches(model, x, estimators, batch_size, seed, fabric.global_rank, fabric.world_size)
+        on_cpu = {index: {name: _to_cpu(result) for name, result in batch.items()} for index, batch in mine.items()}
+        gathered: list[Any] = [None] * fabric.world_size
+        torch.distributed.all_gather_object(gathered, on_cpu)
+        return gathered
+
+    gathered, seconds = timed(estimate_and_gather, x.device)
+    merged = {index: batch for part in gathered for index, batch in part.items()}
+    memory = peak_memory(x.device)
+    memory["peak_memory_of"] += " of rank 0"
+    # Bytes: the queue back to the caller would share tensors by file descriptors, gone once this process exits.
+    return pickle.dumps(([merged[index] for index in sorted(merged)], seconds, memory))
+
+
+def _to_cpu(result: PerPoint) -> PerPoint:
+    return PerPoint(result.log_px.cpu(), {key: value.cpu() for key, value in result.diagnostics.items()}, result.num_samples)
+
+
+def sharded_estimates(
+    model: LatentVariableModel, x: Tensor, estimators: list[Estimator], batch_size: int, seed: int, devices: int, accelerator: str
+) -> tuple[Batches, float, dict[str, Any]]:
+    """``estimate_batches`` over all of ``x`` on ``devices`` processes (Lightning Fabric, ddp_spawn: gloo on the CPU, NCCL on GPUs),
+    batch i on rank i mod N: (every batch in order, the seconds the estimates took, rank 0's peak memory)."""
+    fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp_spawn")
+    return pickle.loads(fabric.launch(_estimate_shard, model.cpu(), x.cpu(), estimators, batch_size, seed))
 
 
 def bdmc_sandwich(model: LatentVariableModel, num_points: int, ais: AIS) -> dict[str, Any]:
@@ -86,14 +134,24 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
     return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_of": "the process (resident)"}
 
 
-def check_device(device: str) -> None:
-    """Raises UsageError unless torch can compute on ``device`` here."""
+def check_device(device: str, devices: int = 1) -> None:
+    """Raises UsageError unless torch can compute on ``device`` here, with ``devices`` processes (GPUs cuda:0..N−1, or CPU processes)."""
     try:
-        kind = torch.device(device).type
+        where = torch.device(device)
     except RuntimeError:
         raise UsageError(f"unknown device {device!r}: pass --device cpu or cuda (cuda:N for the N-th GPU)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+    if where.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device} but torch sees no CUDA GPU here: pass --device cpu")
+    if devices < 1:
+        raise UsageError(f"--devices must be >= 1 (the number of processes that share the estimates), got {devices}")
+    if devices == 1:
+        return
+    if where.type not in ("cpu", "cuda") or where.index not in (None, 0):
+        raise UsageError(f"--devices {devices} runs on GPUs cuda:0..{devices - 1} or on CPU processes: pass --device cuda or --device cpu")
+    available = torch.cuda.device_count() if where.type == "cuda" else os.cpu_count() or 1
+    if devices > available:
+        what = "GPUs" if where.type == "cuda" else "CPU cores"
+        raise UsageError(f"--devices {devices} but this machine has {available} {what}: pass --devices {available} or fewer")
 
 
 def run_data(checkpoint: dict[str, Any], trusted: Sequence[str] = ()) -> SplitData:
@@ -129,6 +187,7 @@ def evaluate_checkpoint(
     bdmc: int = 0,
     gap_log_px: Literal["importance_sampling", "ais"] = "importance_sampling",
     gap_family: Optional[Literal["diagonal", "full", "local_flow", "flow"]] = None,
+    devices: int = 1,
 ) -> dict[str, Any]:
     """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?, 'gaps'?}.
 
@@ -141,14 +200,16 @@ def evaluate_checkpoint(
     'bdmc' (when ``bdmc`` > 0): ``bdmc_sandwich`` on that many simulated points. ``gap_log_px`` 'ais': the gaps' log p(x) by
     ``ais`` started from q* where it has no exact form. ``gap_family``: the same decomposition again, on the same decoder, with
     q* in that posterior family (from the encoder's q_φ re-expressed in it) as 'gaps_in_family', e.g. 'full' or 'local_flow' beside a
-    diagonal encoder ('flow', whose weights are amortized, needs a model trained with it).
+    diagonal encoder ('flow', whose weights are amortized, needs a model trained with it). ``devices`` > 1: the estimates' batches
+    shared among that many processes (``sharded_estimates``), the same values per point; gaps and BDMC stay in this process.
+    Every estimate's batch i draws from torch's stream seeded by (``seed``, i); the gaps and BDMC from one seeded by ``seed``.
     """
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
     if gap_points < 0 or bdmc < 0:
         raise UsageError(f"--gap_points and --bdmc must be >= 0 (0: none), got {gap_points} and {bdmc}")
     ais = ais or AIS()
-    check_device(device)
+    check_device(device, devices)
     import_trusted(trust)
     checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), checkpoint_path, trust)
     module = LVMModule.from_checkpoint(checkpoint, checkpoint_path, map_location=device, trusted=trust)
@@ -172,21 +233,28 @@ def evaluate_checkpoint(
         report["data"] = {"class": checkpoint["datamodule_hyper_parameters"]["_class_path"], "split": "test"}
     x = x.to(device)
     module.check_values(x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
-    torch.manual_seed(seed)
-    if x.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(x.device)
-    report["estimates"], seconds = timed(lambda: estimate_log_px(model, x, num_samples, batch_size, chunk_size, estimators, (ais,)), x.device)
-    report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), **peak_memory(x.device)}
-    if gap_points > 0:
-        log_px_ais = ais if gap_log_px == "ais" else None
-        report["gaps"] = gap_summary(model, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais)
-        if view is not None:
-            report["gaps_in_family"] = {
-                "family": gap_family,
-                **gap_summary(view, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais),
-            }
-    if bdmc > 0:
-        report["bdmc"] = bdmc_sandwich(model, bdmc, ais)
+    chosen = evaluation_estimators(model, num_samples, chunk_size, estimators, (ais,))
+    if devices > 1:
+        batches, seconds, memory = sharded_estimates(model, x, chosen, batch_size, seed, devices, torch.device(device).type)
+        model.to(device)  # the workers had a CPU copy each; gaps and BDMC run here
+    else:
+        if x.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(x.device)
+        by_index, seconds = timed(lambda: estimate_batches(model, x, chosen, batch_size, seed), x.device)
+        batches, memory = [by_index[index] for index in sorted(by_index)], peak_memory(x.device)
+    report["estimates"] = summarize_estimates(batches, chosen)
+    report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), "devices": devices, **memory}
+    with seeded_fork(x.device, seed):  # the caller's stream untouched
+        if gap_points > 0:
+            log_px_ais = ais if gap_log_px == "ais" else None
+            report["gaps"] = gap_summary(model, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais)
+            if view is not None:
+                report["gaps_in_family"] = {
+                    "family": gap_family,
+                    **gap_summary(view, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais),
+                }
+        if bdmc > 0:
+            report["bdmc"] = bdmc_sandwich(model, bdmc, ais)
     if datamodule is not None and datamodule.true_density is not None:
         report["true_log_px"] = summarize(torch.cat([true_log_prob(datamodule.true_density, b) for b in x.split(batch_size)]))
     return report

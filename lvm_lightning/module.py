@@ -1,5 +1,7 @@
 """The LightningModule: trains θ and φ on one estimator's objective, and reports every estimator side by side."""
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union, get_args
 
@@ -10,6 +12,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau
 
 from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
+from lvm_lightning.data.in_memory import global_batch_index
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError
@@ -21,6 +24,7 @@ from lvm_lightning.rng import seeded_fork
 from lvm_lightning.schedules import PLATEAU, PLATEAU_MONITOR, LRSchedule, burda_lr_factor
 
 PARTS = ("lvm", "estimator")
+POINTS = "points"  # the key of an evaluation epoch's number of points, beside its sums
 TRAINING_HINT = (
     "choose a likelihood that holds the data (gaussian: any real values; continuous_bernoulli: [0, 1]), or binarize them (images: --data.binarization dynamic)"
 )
@@ -76,7 +80,8 @@ class LVMModule(pl.LightningModule):
         # torch.compile fuses the log-density work of a step (12–16 % faster on the CPU) for a one-off compilation
         # of 7–20 s at the first step: worth it for long runs at large K, not for a few epochs at K = 1 (README).
         self._losses = torch.compile(self.losses) if compile else self.losses
-        self._resume_rng_state: Optional[dict[str, Tensor]] = None
+        self._resume_rng_state: Optional[dict[str, Any]] = None
+        self._eval_sums: dict[str, Tensor] = {}  # this evaluation epoch's sums over points so far, by metric (and POINTS)
         # Cleared once the model has started from the data, or has weights from a checkpoint (a resumed run's must win).
         self._initialize_from_data = True
 
@@ -151,26 +156,58 @@ class LVMModule(pl.LightningModule):
         return UsageError(f"{what} at step {self.global_step} (epoch {self.current_epoch}){scale}; last good checkpoint: {last or 'none yet'}. {advice}")
 
     @torch.no_grad()
-    def _evaluate(self, x: Tensor, stage: str, batch_idx: int) -> None:
-        # Own seeded stream: the training stream is the same whether or how often we validate, and every
-        # epoch's estimates use the same random numbers, so their curves show the model's change, not noise.
-        with seeded_fork(self.device, batch_idx):
+    def _evaluate(self, x: Tensor, batch_idx: int) -> None:
+        """Adds the batch's sums over points of every estimate and diagnostic, and its number of points, to the epoch's totals."""
+        # Own seeded stream: the training stream is the same whether or how often we validate, and every epoch's estimates
+        # use the same random numbers, so their curves show the model's change, not noise. Seeded by the batch's index in
+        # the one-process sequence of batches, so that under DDP each batch draws what it draws on one device.
+        with seeded_fork(self.device, global_batch_index(batch_idx, self.global_rank, self.trainer.world_size)):
             per_point = estimate_all(self.lvm, x, self.evaluators)
-        log = {}
-        for name, result in per_point.items():
-            log[f"{stage}/log_px/{name}"] = result.log_px.mean()
-            log.update({f"{stage}/{quantity}/{name}": value.mean() for quantity, value in result.diagnostics.items()})
+        values = {f"log_px/{name}": result.log_px for name, result in per_point.items()}
+        values.update({f"{quantity}/{name}": value for name, result in per_point.items() for quantity, value in result.diagnostics.items()})
+        values[POINTS] = torch.ones(len(x), device=self.device)
+        dtype = self._sum_dtype()
+        for key, value in values.items():
+            total = value.sum(dtype=dtype)
+            self._eval_sums[key] = self._eval_sums[key] + total if key in self._eval_sums else total
+
+    def _sum_dtype(self) -> torch.dtype:
+        # float64 (MPS has none): a split's sum of log p̂(x) reaches 1e6 and more, where float32 resolves only 0.1 nats.
+        return torch.float32 if self.device.type == "mps" else torch.float64
+
+    def _log_evaluation(self, stage: str) -> None:
+        """Logs each estimate and diagnostic as its mean over the whole split: the ranks' sums and counts reduced in one collective."""
+        sums, self._eval_sums = self._eval_sums, {}
+        keys = sorted(key for key in sums if key != POINTS)
+        totals = self.trainer.strategy.reduce(torch.stack([*(sums[key] for key in keys), sums[POINTS]]), reduce_op="sum")
+        means = dict(zip(keys, (totals[:-1] / totals[-1]).float()))
+        log = {f"{stage}/{key}": value for key, value in means.items()}
         if stage == "val":
             # The tightest estimate of log p(x) (each is a lower bound, or exact): what early stopping, the plateau schedule and
-            # the convergence callback monitor, and TensorBoard's HPARAMS metric.
-            log["val/log_px"] = log["hp_metric"] = torch.stack([result.log_px.mean() for result in per_point.values()]).max()
-        self.log_dict(log, batch_size=len(x), sync_dist=True)
+            # the convergence callback monitor (all read it after this hook: at on_validation_end, on_train_epoch_end or the
+            # epoch's scheduler step), and TensorBoard's HPARAMS metric.
+            log["val/log_px"] = log["hp_metric"] = torch.stack([means[f"log_px/{estimator.name}"] for estimator in self.evaluators]).max()
+        # The same on every rank already: Lightning's sync_dist would add a collective per key, and its advice to sync is moot.
+        warnings.filterwarnings("ignore", message=rf"It is recommended to use `self.log\('({'|'.join(map(re.escape, log))})'")
+        self.log_dict(log, sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_sums = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_sums = {}
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
-        self._evaluate(x, "val", batch_idx)
+        self._evaluate(x, batch_idx)
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        self._evaluate(x, "test", batch_idx)
+        self._evaluate(x, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
 
     def check_values(self, x: Tensor, where: str, hint: str = TRAINING_HINT) -> None:
         """Raises UsageError, ending with ``hint``, unless the rows of ``x`` have the decoder's event shape and lie in the support its likelihood declares."""
@@ -244,16 +281,30 @@ class LVMModule(pl.LightningModule):
             self.lvm.initialize(transform(x) if transform is not None else x)
 
     def on_train_start(self) -> None:
-        # Lightning restores weights, optimizer and loops but not torch's RNG: without it a resumed run
-        # would draw other samples than the uninterrupted one.
-        state = self._resume_rng_state
-        if state is not None:
-            torch.set_rng_state(state["cpu"])
+        # Lightning restores weights, optimizer and loops but not torch's RNG: without it a resumed run would draw other
+        # samples than the uninterrupted one. Each DDP rank takes back its own stream (on_save_checkpoint keeps one per rank).
+        state, self._resume_rng_state = self._resume_rng_state, None
+        rank = self.global_rank
+        if state is not None and (state["cpu"].dim() == 1 or rank < len(state["cpu"])):
+            torch.set_rng_state(own_state(state["cpu"], rank))
             if "cuda" in state and self.device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda"], self.device)
-            self._resume_rng_state = None
+                torch.cuda.set_rng_state(own_state(state["cuda"], rank), self.device)
+        elif rank > 0:
+            # A fresh start (or a rank a resumed run has more of than the checkpoint): the run's seed made every rank's stream
+            # the same, so each rank would draw the same samples and binarization noise as rank 0 on its other points.
+            torch.manual_seed((torch.initial_seed() + rank) % 2**64)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng_state"] = {"cpu": torch.get_rng_state()}
+        # Every rank's streams, one row per rank: the hook runs on every rank (the file is rank 0's), and the gather is
+        # on the device because NCCL gathers nothing else.
+        states = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
-            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state(self.device)
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        strategy, world = self.trainer.strategy, self.trainer.world_size
+        checkpoint["rng_state"] = {name: strategy.all_gather(state.to(self.device)).reshape(world, -1).cpu() for name, state in states.items()}
+
+
+def own_state(states: Tensor, rank: int) -> Tensor:
+    """Rank ``rank``'s row of a checkpoint's per-rank RNG states [W, n]; a single state [n] (older checkpoints) is every rank's."""
+    # A copy: torch.set_rng_state reads a row that is a view at an offset into the [W, n] tensor wrongly (a crash, torch 2.14).
+    return states if states.dim() == 1 else states[rank].clone()

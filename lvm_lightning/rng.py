@@ -15,3 +15,8 @@ def seeded_fork(device: torch.device, seed: int) -> Iterator[None]:
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index`` of a run seeded by ``seed``: seed·2³² + index, distinct for every pair (index < 2³²), and index itself for seed 0."""
+    return seed * 2**32 + index

@@ -1,9 +1,12 @@
 """Data that lives in one tensor: batches are slices by index, with no per-item Python.
 
-The loader shuffles with a permutation seeded by (seed, epoch), so a run resumed from a checkpoint
-sees the same batches it would have seen, and under DDP each rank takes every world_size-th index.
-When a trainer is attached the tensors move to its device in ``setup``; ``in_memory=False`` serves
-them through a plain DataLoader instead, for data too large for the device.
+The training loader shuffles with a permutation seeded by (seed, epoch), so a run resumed from a checkpoint
+sees the same batches it would have seen, and under DDP each rank takes every world_size-th index. Evaluation
+loaders deal whole batches instead: rank r of W takes batches r, r + W, r + 2W, … of the one-process sequence, so
+each batch holds the points, and (seeded by its global index, ``global_batch_index``) the draws, it has on one device
+(a split of fewer batches than ranks is cut into one batch per rank instead).
+When a trainer is attached the tensors move to its device in ``setup``; ``in_memory=False`` keeps them on the CPU,
+served through a plain DataLoader for training, for data too large for the device.
 """
 
 from functools import partial
@@ -20,25 +23,31 @@ from lvm_lightning.errors import UsageError
 Transform = Callable[[Tensor], Tensor]
 
 
+def global_batch_index(batch_idx: int, rank: int, world_size: int) -> int:
+    """The index in the one-process sequence of rank ``rank``'s ``batch_idx``-th evaluation batch (batches dealt round-robin)."""
+    return batch_idx * world_size + rank
+
+
 class EpochPermutation:
-    """Index batches of one epoch: a permutation seeded by seed + epoch (or 0..N−1), sharded by rank."""
+    """Index batches of one epoch: a permutation seeded by seed + epoch, sharded by point (training); or 0..N−1 in batches dealt to ranks whole (evaluation)."""
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
+        if not shuffle and size < world_size:
+            raise UsageError(f"an evaluation split of {size} points cannot be shared among {world_size} processes: use at most {size} devices")
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
         self.epoch = epoch
 
     def indices(self) -> Tensor:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
-        return order[self.rank : self._usable : self.world_size]
+        """This rank's indices of the epoch, in the order its batches take them."""
+        if not self.shuffle:
+            return torch.cat(self.batches())
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator)[self.rank : self._usable : self.world_size]
 
     @property
     def _usable(self) -> int:
@@ -46,13 +55,23 @@ class EpochPermutation:
         return self.size - self.size % self.world_size if self.drop_last else self.size
 
     def batches(self, device: Optional[torch.device] = None) -> tuple[Tensor, ...]:
-        """This epoch's index batches, on ``device`` after one copy of the whole permutation."""
+        """This epoch's index batches, on ``device`` after one copy of the whole permutation (or range)."""
+        if not self.shuffle:
+            batches = torch.arange(self.size, device=device).split(self.batch_size)
+            if len(batches) < self.world_size:
+                # Lightning skips the validation of a rank without batches, and with it the epoch-end reduction that the
+                # others wait in: fewer batches than ranks become one batch per rank, of N/W points (whose sampled
+                # estimates then draw other samples than one process's batches of batch_size).
+                batches = torch.arange(self.size, device=device).tensor_split(self.world_size)
+            return batches[self.rank :: self.world_size]
         return self.indices().to(device)[: len(self) * self.batch_size].split(self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter(self.batches())
 
     def __len__(self) -> int:
+        if not self.shuffle:
+            return max(1, len(range(self.rank, -(-self.size // self.batch_size), self.world_size)))  # one each when fewer
         shard = len(range(self.rank, self._usable, self.world_size))
         return shard // self.batch_size if self.drop_last else -(-shard // self.batch_size)
 
@@ -117,8 +136,10 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.setup()
         data = self.splits[split]
         batch_size = self.batch_size if shuffle else self.eval_batch_size
-        if not self.in_memory:
-            # Lightning adds a DistributedSampler under DDP and copies each batch to the device.
+        if shuffle and not self.in_memory:
+            # Lightning adds a DistributedSampler under DDP and copies each batch to the device. Not for evaluation: the
+            # sampler would pad the split with repeated points and split batches by point; a TensorLoader over the CPU
+            # tensor deals whole batches, and Lightning copies each to the device all the same.
             return DataLoader(data, batch_size, shuffle=shuffle, collate_fn=partial(_stack, transform=self.transform(split)))
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
