@@ -166,5 +166,7 @@ def test_gradient_options_refuse_what_they_cannot_do():
     with pytest.raises(UsageError, match="'reparam', 'stl'"):
         ELBO(5, gradient="dreg")
     model = MixtureModel(2, 3)
+    with pytest.raises(UsageError, match="needs a continuous z.*'vimco'"):
+        ImportanceSampling(5, gradient="stl").check(model)
     with pytest.raises(UsageError, match="cannot be reparameterized.*vimco"):
         ImportanceSampling(5, gradient="dreg").objective(model, model.sample(4))

@@ -270,6 +270,11 @@ class ImportanceSampling(SampledEstimator):
             raise UsageError("gradient 'vimco' needs num_samples >= 2: each sample's baseline is made of the other K - 1")
         self.gradient = gradient
 
+    def check(self, model: LatentVariableModel) -> None:
+        super().check(model)
+        if self.gradient in ("stl", "dreg") and not model.continuous:
+            raise UsageError(f"gradient {self.gradient!r} differentiates through z ~ q_φ(z|x): it needs a continuous z; for a categorical one use 'vimco'")
+
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         q = model.posterior(x)
         return lambda k: importance_log_weights(model, x, q, k)
