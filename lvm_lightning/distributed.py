@@ -1,6 +1,7 @@
-"""Process-group clean-up for DDP on CPU (gloo)."""
+"""Process groups: clean-up for DDP on CPU (gloo), and quiet set-up for the workers of lvm-evaluate --devices."""
 
 import atexit
+import logging
 
 import torch
 
@@ -19,3 +20,10 @@ def destroy_process_group_at_exit() -> None:
     """
     atexit.unregister(_destroy_process_group)
     atexit.register(_destroy_process_group)
+
+
+def quiet_process_group_setup() -> None:
+    """Hides Lightning Fabric's info lines in this process ("Initializing distributed: …" from every rank, the backend's banner); warnings stay."""
+    # The banner goes to the rank-zero logger of whichever of lightning_fabric and pytorch_lightning was imported last.
+    for name in ("lightning_fabric.utilities.distributed", "lightning_fabric.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)

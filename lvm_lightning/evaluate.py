@@ -10,9 +10,11 @@ computes. The gap decomposition and BDMC then run in the calling process, on ``-
 
 import json
 import math
+import multiprocessing
 import os
 import pickle
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -24,7 +26,7 @@ from torch import Tensor
 from lvm_lightning.callbacks.convergence import convergence_note
 from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
 from lvm_lightning.data import SplitData, load_array, true_log_prob
-from lvm_lightning.distributed import destroy_process_group_at_exit
+from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_process_group_setup
 from lvm_lightning.errors import UsageError, explain
 from lvm_lightning.evaluation import PerPoint, estimate_all
 from lvm_lightning.files import write_atomically
@@ -36,6 +38,11 @@ from lvm_lightning.rng import batch_seed, seeded_fork
 from lvm_lightning.timing import timed
 
 Batches = list[dict[str, PerPoint]]  # estimate_all's results, one entry per batch of the data in order
+
+if multiprocessing.current_process().name != "MainProcess":
+    # A worker of sharded_estimates imports this module as it unpickles its function, before Fabric joins the process group
+    # (a spawned process is named before it imports): Fabric's lines on that, once per rank, would stand among the caller's.
+    quiet_process_group_setup()
 
 
 def summarize(values: Tensor) -> dict[str, Any]:
@@ -73,9 +80,9 @@ def summarize_estimates(batches: Batches, estimators: list[Estimator]) -> dict[s
     return results
 
 
-def _estimate_shard(fabric: Fabric, model: LatentVariableModel, x: Tensor, estimators: list[Estimator], batch_size: int, seed: int) -> bytes:
-    """One rank's part of ``sharded_estimates``, pickled: its batches gathered with the others' on every rank (rank 0's result is returned),
-    the seconds from the ranks' common start to the gather, and rank 0's peak memory."""
+def _estimate_shard(fabric: Fabric, model: LatentVariableModel, x: Tensor, estimators: list[Estimator], batch_size: int, seed: int, output: Path) -> None:
+    """One rank's part of ``sharded_estimates``: its batches, gathered with the others' on every rank; rank 0 pickles to ``output``
+    every batch in order, the seconds from the ranks' common start to the gather, and its peak memory."""
     destroy_process_group_at_exit()
     torch.set_flush_denormal(True)  # tiny importance weights: see LVMModule.setup (a spawned process starts without it)
     model, x = model.to(fabric.device).eval(), x.to(fabric.device)
@@ -94,8 +101,10 @@ def _estimate_shard(fabric: Fabric, model: LatentVariableModel, x: Tensor, estim
     merged = {index: batch for part in gathered for index, batch in part.items()}
     memory = peak_memory(x.device)
     memory["peak_memory_of"] += " of rank 0"
-    # Bytes: the queue back to the caller would share tensors by file descriptors, gone once this process exits.
-    return pickle.dumps(([merged[index] for index in sorted(merged)], seconds, memory))
+    if fabric.global_rank == 0:
+        # A file, not Fabric's return queue: that pipe is read only once the processes have ended, so a result larger than
+        # its buffer (64 KiB) would never be written.
+        output.write_bytes(pickle.dumps(([merged[index] for index in sorted(merged)], seconds, memory)))
 
 
 def _to_cpu(result: PerPoint) -> PerPoint:
@@ -108,7 +117,10 @@ def sharded_estimates(
     """``estimate_batches`` over all of ``x`` on ``devices`` processes (Lightning Fabric, ddp_spawn: gloo on the CPU, NCCL on GPUs),
     batch i on rank i mod N: (every batch in order, the seconds the estimates took, rank 0's peak memory)."""
     fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp_spawn")
-    return pickle.loads(fabric.launch(_estimate_shard, model.cpu(), x.cpu(), estimators, batch_size, seed))
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "estimates.pickle"
+        fabric.launch(_estimate_shard, model.cpu(), x.cpu(), estimators, batch_size, seed, output)
+        return pickle.loads(output.read_bytes())  # written by our own process, a moment ago
 
 
 def bdmc_sandwich(model: LatentVariableModel, num_points: int, ais: AIS) -> dict[str, Any]:

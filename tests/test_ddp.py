@@ -101,7 +101,7 @@ def ddp_runs(tmp_path_factory) -> Path:
         "lvm_lightning.objectives.ImportanceSampling",
         "--model.estimator.num_samples",
         "3",
-        *("--data.num_train", "256", "--data.num_val", "101", "--data.num_test", "101", "--data.batch_size", "32", "--data.eval_batch_size", "10"),
+        *("--data.num_train", "256", "--data.num_val", "101", "--data.num_test", "1001", "--data.batch_size", "32", "--data.eval_batch_size", "10"),
         *("--amortization_gap.every_n_epochs", "0", "--density_plot.every_n_epochs", "0"),
     ]
     with pytest.MonkeyPatch.context() as patch:
@@ -168,11 +168,11 @@ def test_distributed_evaluation_equals_one_process_per_point(ddp_runs, one_threa
         assert two["estimates"][name] == pytest.approx(entry, rel=1e-6), name
     # Per point: the 2-process batches against the one-process ones on the same test split, model and seed.
     model = LVMModule.load_from_checkpoint(checkpoint).lvm.eval()
-    data = GaussianMixtureData(num_train=256, num_val=101, num_test=101)
+    data = GaussianMixtureData(num_train=256, num_val=101, num_test=1001)
     data.setup()
     single = estimate_batches(model, data.splits["test"], evaluation_estimators(model, 7), 10, seed=3)
     ((shared, _, _),) = shards
-    assert len(shared) == len(single) == 11
+    assert len(shared) == len(single) == 101  # pickled, more than the 64 KiB of a pipe
     for index, batch in enumerate(shared):
         for name, result in batch.items():
             torch.testing.assert_close(result.log_px, single[index][name].log_px, rtol=1e-6, atol=1e-6)
