@@ -35,7 +35,8 @@ class LVMModule(pl.LightningModule):
 
     Both are objects: in YAML a ``class_path`` with ``init_args`` (LightningCLI), in Python instances.
     Validation and test log every estimate of log p(x) that applies, at K = ``eval_num_samples``, and those of
-    ``validation_estimators`` (e.g. AIS: costly, so pair it with few validation batches); validation the tightest as val/log_px. Before the first step of a fresh fit the model takes its data-dependent start, if it has one (``lvm.initialize``).
+    ``validation_estimators`` (e.g. AIS: costly, so pair it with few validation batches), each the mean over the whole split (under DDP the
+    ranks' sums and counts, reduced once an epoch); validation the tightest as val/log_px. Before the first step of a fresh fit the model takes its data-dependent start, if it has one (``lvm.initialize``).
     A run started by LightningCLI stores each part's class path and arguments in its checkpoint, so
     ``load_from_checkpoint(path)`` rebuilds it; a module built in Python keeps its parts out of the
     checkpoint (they are objects): pass them again, ``load_from_checkpoint(path, lvm=…, estimator=…)``.
