@@ -148,7 +148,7 @@ def test_an_old_single_rng_state_still_resumes(tmp_path, one_thread):
     module.on_load_checkpoint({"rng_state": {"cpu": state}})
     torch.manual_seed(0)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, logger=False, enable_checkpointing=False)
-    module._trainer = trainer  # on_train_start reads the rank from the trainer
+    module.trainer = trainer  # on_train_start reads the rank from it
     module.on_train_start()
     assert torch.equal(torch.rand(3), expected)
 
