@@ -301,8 +301,9 @@ class LVMModule(pl.LightningModule):
         states = {"cpu": torch.get_rng_state()}
         if self.device.type == "cuda":
             states["cuda"] = torch.cuda.get_rng_state(self.device)
-        strategy, world = self.trainer.strategy, self.trainer.world_size
-        checkpoint["rng_state"] = {name: strategy.all_gather(state.to(self.device)).reshape(world, -1).cpu() for name, state in states.items()}
+        # [W, n] under DDP; [1, n] in one process, or where no process group is up (a ddp_spawn trainer's main process).
+        gather = self.trainer.strategy.all_gather
+        checkpoint["rng_state"] = {name: gather(state.to(self.device)).reshape(-1, state.numel()).cpu() for name, state in states.items()}
 
 
 def own_state(states: Tensor, rank: int) -> Tensor:
