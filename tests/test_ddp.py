@@ -86,7 +86,8 @@ def loader(data: GaussianMixtureData, rank: int, world_size: int, split: str) ->
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory) -> Path:
-    """Three runs of train.py's CLI on two CPU processes: 2 epochs straight; 1 epoch; that one resumed to 2."""
+    """Two runs of train.py's CLI on two CPU processes: 2 epochs straight, keeping each epoch's checkpoint; and a run resumed
+    from the first epoch's (what a run killed after it leaves) to 2 epochs, in a folder of its own."""
     cwd = tmp_path_factory.mktemp("ddp")
     common = [
         "--trainer.strategy",
@@ -97,6 +98,10 @@ def ddp_runs(tmp_path_factory) -> Path:
         "cpu",
         "--trainer.enable_progress_bar",
         "false",
+        "--trainer.max_epochs",
+        "2",
+        "--checkpoint.save_top_k",
+        "-1",
         "--model.estimator",
         "lvm_lightning.objectives.ImportanceSampling",
         "--model.estimator.num_samples",
@@ -104,14 +109,14 @@ def ddp_runs(tmp_path_factory) -> Path:
         *("--data.num_train", "256", "--data.num_val", "101", "--data.num_test", "1001", "--data.batch_size", "32", "--data.eval_batch_size", "10"),
         *("--amortization_gap.every_n_epochs", "0", "--density_plot.every_n_epochs", "0"),
     ]
+    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
         torch.set_num_threads(1)
-        main(["fit", "--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "straight", *common])
-        main(["fit", "--trainer.max_epochs", "1", "--trainer.logger.init_args.name", "interrupted", *common])
-        last = cwd / "runs" / "interrupted" / "version_0" / "checkpoints" / "last.ckpt"
-        resumed = ["--trainer.max_epochs", "2", "--trainer.logger.init_args.name", "interrupted", "--trainer.logger.init_args.version", "0"]
-        main(["fit", *resumed, "--ckpt_path", str(last), *common])
+        main(["fit", "--trainer.logger.init_args.name", "straight", *common])
+        (first,) = (cwd / "runs" / "straight" / "version_0" / "checkpoints").glob("epoch=0-*.ckpt")
+        main(["fit", "--trainer.logger.init_args.name", "resumed", "--ckpt_path", str(first), *common])
+    torch.set_num_threads(threads)
     return cwd / "runs"
 
 
@@ -125,8 +130,11 @@ def tensors(value: Any, path: str = "") -> dict[str, torch.Tensor]:
 
 def test_a_resumed_ddp_run_ends_bit_identical_to_the_uninterrupted_one(ddp_runs):
     straight = torch.load(ddp_runs / "straight" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
-    resumed = torch.load(ddp_runs / "interrupted" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(ddp_runs / "resumed" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
     assert straight["epoch"] == resumed["epoch"] == 1
+    # Resumed, not started afresh (which would also repeat the straight run): it wrote no checkpoint of the first epoch.
+    written = sorted(path.name for path in (ddp_runs / "resumed" / "version_0" / "checkpoints").iterdir())
+    assert len(written) == 2 and written[0].startswith("epoch=1-") and written[1] == "last.ckpt", written
     # One RNG state per rank, and the ranks' streams differ: rank 1 does not draw rank 0's samples.
     states = straight["rng_state"]["cpu"]
     assert states.shape[0] == 2 and not torch.equal(states[0], states[1])
