@@ -235,6 +235,16 @@ def evaluate_checkpoint(
     if note is not None:  # every figure below is of a model still moving: say so first
         report["convergence_note"] = note
         print(f"note: {note}", file=sys.stderr, flush=True)
+    if bdmc > 0:
+        ais.check(model)
+    if gap_points > 0:
+        try:
+            gap.check(model)
+        except UsageError as error:
+            # The gap is on by default: a model whose posterior per-point inference cannot fit reports its estimates, and why no gap.
+            report["gaps_unavailable"] = str(error)
+            print(f"note: no amortization gap: {error}", file=sys.stderr, flush=True)
+            gap_points = 0
     datamodule = None
     if data_path is not None:
         x = load_array(data_path)

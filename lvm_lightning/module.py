@@ -66,6 +66,7 @@ class LVMModule(pl.LightningModule):
         # LightningCLI hands save_hyperparameters each part's class_path and init_args; built in Python they are objects.
         self.save_hyperparameters(ignore=[] if _given_hyperparameters.get() is not None else [*PARTS, "validation_estimators"])
         estimator.check(lvm)
+        estimator.check_training(lvm)
         if not estimator.trains:
             raise UsageError(
                 f"{type(estimator).__name__} evaluates but does not train: train with e.g. ImportanceSampling and add it to --model.validation_estimators"

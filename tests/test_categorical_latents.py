@@ -7,8 +7,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lvm_lightning import evaluate
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models import CategoricalVAE
+from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, Exact, ImportanceSampling, PriorSampling
 
 from conftest import ROOT, run_tool
@@ -45,6 +47,8 @@ def test_beyond_max_enumerate_the_latent_is_sampled_and_vimco_trains_it():
         AIS().check(model)
     with pytest.raises(UsageError, match="gradient 'vimco'"):
         ImportanceSampling(5).objective(model, x)
+    with pytest.raises(UsageError, match="gradient 'vimco'"):
+        LVMModule(model, ImportanceSampling(5))  # refused when the module is built, before any run folder
     estimator, evaluation = ImportanceSampling(5, gradient="vimco"), ImportanceSampling(200)
     torch.manual_seed(2)
     before = float(evaluation.estimate(model, x).log_px.mean())
@@ -74,3 +78,10 @@ def test_train_py_with_vimco(tmp_path):
     assert "val/log_px/exact" not in tags
     assert all(math.isfinite(event.value) for event in accumulator.Scalars("val/log_px/importance_sampling"))
     assert "AmortizationGap is off for this run: per-point inference follows the ELBO's gradient" in result.stdout + result.stderr
+    # lvm-evaluate: the sampled estimates, a note instead of the default gap, and BDMC (it needs a continuous z) refused before any estimate.
+    checkpoint = str(tmp_path / "runs" / "default" / "version_0" / "checkpoints" / "last.ckpt")
+    report = evaluate.evaluate_checkpoint(checkpoint, num_samples=20)
+    assert set(report["estimates"]) == {"prior_sampling", "importance_sampling", "elbo"}
+    assert "gaps" not in report and report["gaps_unavailable"].startswith("per-point inference")
+    with pytest.raises(UsageError, match="continuous z"):
+        evaluate.evaluate_checkpoint(checkpoint, num_samples=20, bdmc=5)

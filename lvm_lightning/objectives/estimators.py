@@ -81,6 +81,9 @@ class Estimator:
         """Raise UsageError if this estimator cannot be used with ``model``."""
         resolve_encoder_objective(self.encoder_objective, model)
 
+    def check_training(self, model: LatentVariableModel) -> None:
+        """Raise UsageError if ``objective`` cannot train ``model`` (``check`` having passed); by default it can."""
+
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         """log p̂_θ(x) per point, with its log-weights."""
         raise NotImplementedError
@@ -238,6 +241,7 @@ def importance_log_weights(
 
 
 Gradient = Literal["reparam", "stl", "dreg", "vimco"]
+NOT_REPARAMETERIZABLE = "{q} cannot be reparameterized{also}: train with gradient 'vimco' and K >= 2 (--model.estimator.init_args.gradient vimco)"
 
 
 class ImportanceSampling(SampledEstimator):
@@ -275,6 +279,11 @@ class ImportanceSampling(SampledEstimator):
         if self.gradient in ("stl", "dreg") and not model.continuous:
             raise UsageError(f"gradient {self.gradient!r} differentiates through z ~ q_φ(z|x): it needs a continuous z; for a categorical one use 'vimco'")
 
+    def check_training(self, model: LatentVariableModel) -> None:
+        # Estimates need only samples of q; the reparameterized gradient needs a path through them, or an enumerable z.
+        if self.gradient == "reparam" and not model.continuous and not model.discrete:
+            raise UsageError(NOT_REPARAMETERIZABLE.format(q="q_φ(z|x)", also=" and z has too many values to enumerate"))
+
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         q = model.posterior(x)
         return lambda k: importance_log_weights(model, x, q, k)
@@ -289,11 +298,8 @@ class ImportanceSampling(SampledEstimator):
             return self._vimco(model, x, q)
         if not q.has_rsample:
             if self.gradient != "reparam" or not model.discrete:
-                raise UsageError(
-                    f"q_φ(z|x) ({type(q).__name__}) cannot be reparameterized"
-                    + ("" if model.discrete else " and z has too many values to enumerate")
-                    + ": train with gradient 'vimco' and K >= 2 (--model.estimator.init_args.gradient vimco)"
-                )
+                also = "" if model.discrete else " and z has too many values to enumerate"
+                raise UsageError(NOT_REPARAMETERIZABLE.format(q=f"q_φ(z|x) ({type(q).__name__})", also=also))
             log_px = self.estimate_with(model, x, q).log_px
             return Objective(log_px + self.encoder_signal(model, x), log_px)
         if self.gradient == "reparam":
