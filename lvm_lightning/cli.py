@@ -25,7 +25,7 @@ from lvm_lightning.callbacks import (
     TrueLogDensity,
 )
 from lvm_lightning.data import GaussianMixtureData, SplitData
-from lvm_lightning.errors import explain
+from lvm_lightning.errors import one_line_errors
 from lvm_lightning.files import AtomicCheckpointIO
 from lvm_lightning.module import LVMModule
 from lvm_lightning.resume import Resume, resolve_resume
@@ -163,7 +163,7 @@ def main(args: Optional[list[str]] = None) -> None:
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["fit", *argv]
-    try:
+    with one_line_errors("lvm-train fit"):
         # LightningCLI reads --ckpt_path's hyperparameters as it parses: a damaged file must be caught before that.
         # --trust is ours, not LightningCLI's: the modules whose classes a resumed checkpoint may name (your own, as for lvm-evaluate).
         trusted = option_values(argv, "--trust")
@@ -182,12 +182,6 @@ def main(args: Optional[list[str]] = None) -> None:
             save_config_kwargs={"overwrite": True},  # a resumed run writes into its own folder again
             resume=resume,
         )
-    except Exception as error:
-        message = explain(error)
-        if message is None or os.environ.get("LVM_DEBUG"):  # a bug, or the full traceback asked for
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

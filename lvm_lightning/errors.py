@@ -1,5 +1,10 @@
 """The one exception type that the command-line entry points turn into a one-line message."""
 
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class UsageError(ValueError):
     """Bad configuration or input that the user can fix; its message says how."""
@@ -45,3 +50,17 @@ def explain(error: BaseException) -> "str | None":
             return "the config file is empty or not a mapping of options: start from one in configs/ (lvm-train fit --print_config prints a full one)"
         return f"{message} (lvm-train fit --help lists every option)"
     return None
+
+
+@contextmanager
+def one_line_errors(command: str) -> Iterator[None]:
+    """Inside a command's entry point: a mistake the user can fix (``explain``) ends the process with one line ``error: …`` on
+    stderr, its help pointing at ``command --help``, and exit code 2; a bug, or LVM_DEBUG=1, raises with the full traceback."""
+    try:
+        yield
+    except Exception as error:
+        message = explain(error)
+        if message is None or os.environ.get("LVM_DEBUG"):
+            raise
+        print(f"error: {message.replace('lvm-train fit --help', f'{command} --help')}", file=sys.stderr)
+        sys.exit(2)

@@ -27,7 +27,7 @@ from lvm_lightning.callbacks.convergence import convergence_note
 from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
 from lvm_lightning.data import SplitData, load_array, true_log_prob
 from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_process_group_setup
-from lvm_lightning.errors import UsageError, explain
+from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.evaluation import PerPoint, estimate_all
 from lvm_lightning.files import write_atomically
 from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family
@@ -336,7 +336,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Command-line entry point; a usage error becomes one line on stderr and exit code 2."""
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # classes of the user's own files in the working folder, for --trust
-    try:
+    with one_line_errors("lvm-evaluate"):
         cli = parser()
         args = cli.instantiate(cli.parse_args(argv)).as_dict()
         output = args.pop("output")
@@ -346,12 +346,6 @@ def main(argv: Optional[list[str]] = None) -> None:
             args["estimators"] = [name for item in args["estimators"] for name in item.split(",") if name]
         torch.set_flush_denormal(True)  # tiny importance weights: see LVMModule.setup
         report = evaluate_checkpoint(**args)
-    except Exception as error:
-        message = explain(error)
-        if message is None or os.environ.get("LVM_DEBUG"):  # a bug, or the full traceback asked for
-            raise
-        print(f"error: {message.replace('lvm-train fit --help', 'lvm-evaluate --help')}", file=sys.stderr)
-        sys.exit(2)
     print(format_table(report))
     if "bdmc" in report:
         print(format_bdmc(report["bdmc"]))

@@ -17,7 +17,7 @@ from torch.distributions import Categorical, Distribution, Independent, MixtureS
 
 from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, read_checkpoint
 from lvm_lightning.data import GaussianMixtureData, SplitData
-from lvm_lightning.errors import UsageError, explain
+from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.evaluate import check_output, run_data
 from lvm_lightning.files import write_atomically
 from lvm_lightning.models import MixtureModel
@@ -257,18 +257,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Command-line entry point; a usage error becomes one line on stderr and exit code 2."""
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())  # classes of the user's own files in the working folder, for --trust
-    try:
+    with one_line_errors("lvm-study estimators"):
         cli = parser()
         args = cli.instantiate(cli.parse_args(argv)).estimators.as_dict()
         outputs = {name: args.pop(name) for name in ("output", "figure", "log_dir")}
         check_outputs(outputs["output"], outputs["figure"])
         report = run_estimators(**args)
-    except Exception as error:
-        message = explain(error)
-        if message is None or os.environ.get("LVM_DEBUG"):  # a bug, or the full traceback asked for
-            raise
-        print(f"error: {message.replace('lvm-train fit --help', 'lvm-study estimators --help')}", file=sys.stderr)
-        sys.exit(2)
     print(format_table(report))
     write_outputs(report, **outputs)
 

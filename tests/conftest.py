@@ -31,6 +31,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def float64():
+    """Double precision by default (oracle comparisons to 1e-9, exact zeros), restored afterwards so other tests keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 def quiet_trainer(**options) -> "pl.Trainer":  # noqa: F821
     """A one-device CPU Trainer without progress bar or model summary; ``options`` add to or replace those."""
     import pytorch_lightning as pl

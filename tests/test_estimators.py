@@ -19,14 +19,7 @@ from lvm_lightning.objectives import (
     wake_objective,
 )
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Oracle comparisons to 1e-9 need double precision; restored afterwards so other tests keep float32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # oracle comparisons to 1e-9 (tests/conftest.py)
 
 
 def mixture_model(num_components: int = 6, dim: int = 2):

@@ -11,14 +11,7 @@ from lvm_lightning.models import LinearGaussian, MixtureModel
 from lvm_lightning.objectives import ELBO, ImportanceSampling
 from lvm_lightning.objectives.estimators import leave_one_out_bounds
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact zeros and CLT bounds are read in double precision; restored afterwards so other tests keep float32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # exact zeros and CLT bounds read in double precision (tests/conftest.py)
 
 
 def linear_gaussian(seed: int = 0, data_dim: int = 4, latent_dim: int = 2) -> tuple[LinearGaussian, torch.Tensor]:
