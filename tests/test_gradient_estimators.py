@@ -100,6 +100,17 @@ def test_the_decoder_keeps_the_iwae_gradient(gradient):
     torch.testing.assert_close(other, reference)
 
 
+def test_dreg_with_a_frozen_encoder_trains_the_decoder_alone():
+    """An encoder whose weights do not learn (requires_grad False): DReG leaves z without a hook and θ gets the IWAE gradient."""
+    model, x = linear_gaussian()
+    reference = gradients(ImportanceSampling(5), model, x, 1, seed=8)["decoder"]
+    model.encoder.requires_grad_(False)
+    torch.manual_seed(8)
+    surrogate = ImportanceSampling(5, gradient="dreg").objective(model, x).surrogate.mean()
+    grads = torch.autograd.grad(surrogate, list(model.decoder.parameters()))
+    torch.testing.assert_close(torch.cat([g.flatten() for g in grads]), reference[0])
+
+
 def test_dreg_with_recomputed_chunks_gives_the_same_gradient():
     """DReG's per-sample gradient scaling survives ``recompute`` (chunks' graphs rebuilt in the backward pass) and chunking."""
     model, x = linear_gaussian()

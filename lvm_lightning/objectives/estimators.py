@@ -320,8 +320,9 @@ class ImportanceSampling(SampledEstimator):
             rows = slice(drawn[0], drawn[0] + k)
             drawn[0] += k
             z = q.rsample((k,))
-            # ∂bound/∂z_k = w̃_k ∂log w_k/∂z_k; scaled once more by w̃_k it is DReG's, while θ keeps the IWAE gradient.
-            z.register_hook(lambda grad: grad * normalized[0][rows].reshape(k, -1, *[1] * (grad.dim() - 2)))
+            if z.requires_grad:  # not with a frozen encoder: θ alone learns, by the IWAE gradient
+                # ∂bound/∂z_k = w̃_k ∂log w_k/∂z_k; scaled once more by w̃_k it is DReG's, while θ keeps the IWAE gradient.
+                z.register_hook(lambda grad: grad * normalized[0][rows].reshape(k, -1, *[1] * (grad.dim() - 2)))
             return model.log_joint(x, z) - density.log_prob(z)
 
         log_weights = self.draw_all(draw, x.shape[0])
