@@ -241,6 +241,8 @@ def evaluate_checkpoint(
         try:
             gap.check(model)
         except UsageError as error:
+            if model.discrete or model.continuous:
+                raise  # a --gap setting that does not fit this model: the user's to change
             # The gap is on by default: a model whose posterior per-point inference cannot fit reports its estimates, and why no gap.
             report["gaps_unavailable"] = str(error)
             print(f"note: no amortization gap: {error}", file=sys.stderr, flush=True)

@@ -33,8 +33,8 @@ class ExactPosterior(LatentVariableModel):
     """``model`` with q(z|x) = p(z|x) = p(x, z) / Σ_z' p(x, z'), enumerated: the proposal under which every importance weight is p(x)."""
 
     def __init__(self, model: LatentVariableModel) -> None:
-        if not model.discrete:
-            raise UsageError("the exact posterior is enumerated: it needs a model with a categorical z (a MixtureModel)")
+        if not isinstance(model.prior(), Categorical):
+            raise UsageError("the exact posterior is enumerated over one categorical z: it needs a MixtureModel")
         super().__init__(model.prior, model.decoder, model.encoder)
 
     def posterior(self, x: Tensor) -> Distribution:

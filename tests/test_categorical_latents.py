@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from lvm_lightning import evaluate
 from lvm_lightning.errors import UsageError
-from lvm_lightning.models import CategoricalVAE
+from lvm_lightning.models import VAE, CategoricalVAE, LatentVariableModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, Exact, ImportanceSampling, PriorSampling
 
@@ -47,8 +48,10 @@ def test_beyond_max_enumerate_the_latent_is_sampled_and_vimco_trains_it():
         AIS().check(model)
     with pytest.raises(UsageError, match="gradient 'vimco'"):
         ImportanceSampling(5).objective(model, x)
-    with pytest.raises(UsageError, match="gradient 'vimco'"):
-        LVMModule(model, ImportanceSampling(5))  # refused when the module is built, before any run folder
+    for estimator in (ImportanceSampling(5), PriorSampling(5)):  # neither could train the encoder
+        with pytest.raises(UsageError, match="gradient 'vimco'"):
+            LVMModule(model, estimator)  # refused when the module is built, before any run folder
+
     estimator, evaluation = ImportanceSampling(5, gradient="vimco"), ImportanceSampling(200)
     torch.manual_seed(2)
     before = float(evaluation.estimate(model, x).log_px.mean())
@@ -85,3 +88,21 @@ def test_train_py_with_vimco(tmp_path):
     assert "gaps" not in report and report["gaps_unavailable"].startswith("per-point inference")
     with pytest.raises(UsageError, match="continuous z"):
         evaluate.evaluate_checkpoint(checkpoint, num_samples=20, bdmc=5)
+
+
+def test_a_continuous_prior_without_rsample_is_continuous():
+    """A mixture-of-Gaussians prior (no rsample) over a continuous z: AIS, per-point inference and DReG still apply."""
+    prior = type(
+        "MixturePrior",
+        (torch.nn.Module,),
+        {
+            "forward": lambda self: MixtureSameFamily(
+                Categorical(torch.ones(2)), Independent(Normal(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.ones(2, 2)), 1)
+            )
+        },
+    )()
+    vae = VAE(data_dim=3, latent_dim=2)
+    model = LatentVariableModel(prior, vae.decoder, vae.encoder, data_dim=3)
+    assert model.continuous and not model.discrete
+    AIS().check(model)
+    LVMModule(model, ImportanceSampling(5, gradient="dreg"))

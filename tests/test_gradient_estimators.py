@@ -131,6 +131,10 @@ def test_leave_one_out_bounds_match_direct_sums():
         replaced = torch.cat([others, others.mean(0, keepdim=True)])
         expected[i] = replaced.logsumexp(0) - math.log(k)
     torch.testing.assert_close(leave_one_out_bounds(log_weights), expected, rtol=1e-12, atol=1e-12)
+    # A weight of 0: the others' geometric mean is 0 for every other sample, and its own baseline is finite, not NaN.
+    with_zero = torch.tensor([[0.0], [-math.inf], [1.0]])
+    expected = torch.tensor([[math.log(math.e / 3)], [math.log((1 + math.e + math.exp(0.5)) / 3)], [math.log(1 / 3)]])
+    torch.testing.assert_close(leave_one_out_bounds(with_zero), expected)
 
 
 def test_vimco_trains_a_categorical_encoder_to_the_posterior():

@@ -59,8 +59,8 @@ class LatentVariableModel(nn.Module):
         self.encoder = encoder
         # Whether log p(x) = log Σ_z p(z) p(x|z) can be enumerated: asked of the prior, once.
         self.discrete: bool = bool(prior().has_enumerate_support)
-        # Whether z is continuous and reparameterizable (what HMC, per-point Gaussian inference and encodings need): asked of the prior too.
-        self.continuous: bool = bool(prior().has_rsample)
+        # Whether z is continuous (what HMC, per-point inference by gradients and encodings need): asked of the prior's support.
+        self.continuous: bool = not prior().support.is_discrete
         if data_dim is not None:
             with torch.no_grad():
                 rows = tuple(decoder(prior().sample((1,))).event_shape)

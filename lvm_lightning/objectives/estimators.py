@@ -21,6 +21,10 @@ from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives.encoder import EncoderObjective, resolve_encoder_objective, wake_objective
 
 DEFAULT_CHUNK_SIZE = 2**16
+NOT_REPARAMETERIZABLE = (
+    "{q} cannot be reparameterized{also}: train with ImportanceSampling, gradient 'vimco' and K >= 2 "
+    "(--model.estimator lvm_lightning.objectives.ImportanceSampling --model.estimator.init_args.gradient vimco)"
+)
 
 
 @dataclass
@@ -82,7 +86,12 @@ class Estimator:
         resolve_encoder_objective(self.encoder_objective, model)
 
     def check_training(self, model: LatentVariableModel) -> None:
-        """Raise UsageError if ``objective`` cannot train ``model`` (``check`` having passed); by default it can."""
+        """Raise UsageError if ``objective`` cannot train ``model`` (``check`` having passed).
+
+        Its encoder signal (the ELBO's path or the enumerated sums) needs a continuous z or an enumerable one.
+        """
+        if not model.continuous and not model.discrete:
+            raise UsageError(NOT_REPARAMETERIZABLE.format(q="q_φ(z|x)", also=" and z has too many values to enumerate"))
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         """log p̂_θ(x) per point, with its log-weights."""
@@ -241,7 +250,6 @@ def importance_log_weights(
 
 
 Gradient = Literal["reparam", "stl", "dreg", "vimco"]
-NOT_REPARAMETERIZABLE = "{q} cannot be reparameterized{also}: train with gradient 'vimco' and K >= 2 (--model.estimator.init_args.gradient vimco)"
 
 
 class ImportanceSampling(SampledEstimator):
@@ -280,9 +288,8 @@ class ImportanceSampling(SampledEstimator):
             raise UsageError(f"gradient {self.gradient!r} differentiates through z ~ q_φ(z|x): it needs a continuous z; for a categorical one use 'vimco'")
 
     def check_training(self, model: LatentVariableModel) -> None:
-        # Estimates need only samples of q; the reparameterized gradient needs a path through them, or an enumerable z.
-        if self.gradient == "reparam" and not model.continuous and not model.discrete:
-            raise UsageError(NOT_REPARAMETERIZABLE.format(q="q_φ(z|x)", also=" and z has too many values to enumerate"))
+        if self.gradient != "vimco":  # VIMCO's score function needs only samples of q and their log-densities
+            super().check_training(model)
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         q = model.posterior(x)
@@ -346,7 +353,11 @@ class ImportanceSampling(SampledEstimator):
 def leave_one_out_bounds(log_weights: Tensor) -> Tensor:
     """L̂_{−k} = log (1/K) (Σ_{j≠k} w_j + exp(mean_{j≠k} log w_j)): the bound with w_k replaced by the others' geometric mean, [K, B]."""
     k = log_weights.shape[0]
-    others_mean = (log_weights.sum(0) - log_weights) / (k - 1)
+    # A weight of 0 (log w = −inf) makes the others' geometric mean 0 for every other sample, and drops out of its own.
+    zero = ~torch.isfinite(log_weights)
+    finite = torch.where(zero, 0.0, log_weights)
+    others_zero = zero.sum(0) - zero.long()
+    others_mean = torch.where(others_zero > 0, -math.inf, (finite.sum(0) - finite) / (k - 1))
     total = log_weights.logsumexp(0)
     # log(Σ_j w_j − w_k) loses no precision while w_k ≤ Σ_j w_j / 2, true for all but the largest w_k: that one is summed without it.
     others = total + torch.log1p(-(log_weights - total).exp().clamp(max=0.5))
