@@ -15,10 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvm_lightning import LVMModule  # noqa: E402
 from lvm_lightning.callbacks import gradient_snr  # noqa: E402
-from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint  # noqa: E402
-from lvm_lightning.evaluate import run_data  # noqa: E402
+from lvm_lightning.evaluate import load_run, run_data  # noqa: E402
 from lvm_lightning.objectives import ImportanceSampling  # noqa: E402
 from tests.test_gradient_snr import rainforth_model  # noqa: E402
 
@@ -52,8 +50,8 @@ def main() -> None:
     torch.set_default_dtype(torch.float32)
     if args.checkpoint:
         print(f"{args.checkpoint}, the first {args.batch_size} test points")
-        data = run_data(read_checkpoint(checkpoint_bytes(args.checkpoint), args.checkpoint))
-        model = LVMModule.load_from_checkpoint(args.checkpoint).lvm
+        module, checkpoint = load_run(args.checkpoint)
+        data, model = run_data(checkpoint), module.lvm
         report["checkpoint"] = {"path": args.checkpoint, **table(model, data.splits["test"][: args.batch_size], args.num_estimates)}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))

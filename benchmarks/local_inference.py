@@ -97,12 +97,10 @@ def plateau(model: LatentVariableModel, x: Tensor, reference: LocalOptimizer) ->
 
 def load(checkpoint: str, points: int) -> tuple[LatentVariableModel, Tensor]:
     """A trained model and the first ``points`` rows of its validation split."""
-    from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint
-    from lvm_lightning.evaluate import run_data
-    from lvm_lightning.module import LVMModule
+    from lvm_lightning.evaluate import load_run, run_data
 
-    model = LVMModule.load_from_checkpoint(checkpoint, map_location="cpu").lvm.eval()
-    return model, run_data(read_checkpoint(checkpoint_bytes(checkpoint), checkpoint)).splits["val"][:points]
+    module, stored = load_run(checkpoint, map_location="cpu")
+    return module.lvm.eval(), run_data(stored).splits["val"][:points]
 
 
 def main() -> None:

@@ -11,8 +11,7 @@ import math
 import torch
 
 from lvm_lightning import LVMModule
-from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint
-from lvm_lightning.evaluate import run_data
+from lvm_lightning.evaluate import load_run, run_data
 from lvm_lightning.objectives import ImportanceSampling
 from lvm_lightning.rng import seeded_fork
 
@@ -37,8 +36,9 @@ def main() -> None:
     parser.add_argument("--output")
     args = parser.parse_args()
     # The first run's test split (its data module rebuilt from the checkpoint, as lvm-evaluate does).
-    x = run_data(read_checkpoint(checkpoint_bytes(args.checkpoints[0]), args.checkpoints[0])).splits["test"][: args.num_points]
-    values = [per_point_log_px(LVMModule.load_from_checkpoint(path).eval(), x, args.num_samples, args.batch_size) for path in args.checkpoints]
+    runs = [load_run(path) for path in args.checkpoints]
+    x = run_data(runs[0][1]).splits["test"][: args.num_points]
+    values = [per_point_log_px(module.eval(), x, args.num_samples, args.batch_size) for module, _ in runs]
     difference = values[1] - values[0]
     report = {
         "checkpoints": args.checkpoints,

@@ -166,6 +166,13 @@ def check_device(device: str, devices: int = 1) -> None:
         raise UsageError(f"--devices {devices} but this machine has {available} {what}: pass --devices {available} or fewer")
 
 
+def load_run(path: str, trusted: Sequence[str] = (), map_location: Any = None) -> tuple[LVMModule, dict[str, Any]]:
+    """(the module a checkpoint holds, the checkpoint as ``read_checkpoint`` reads it), read once, building only trusted classes."""
+    import_trusted(trusted)
+    checkpoint = read_checkpoint(checkpoint_bytes(path), path, trusted)
+    return LVMModule.from_checkpoint(checkpoint, path, map_location=map_location, trusted=trusted), checkpoint
+
+
 def run_data(checkpoint: dict[str, Any], trusted: Sequence[str] = ()) -> SplitData:
     """The training run's data module, rebuilt from the class path and arguments that LightningCLI stored in the
     checkpoint (read by ``read_checkpoint``), with its splits loaded. It downloads nothing and caches in the default place:
@@ -222,9 +229,7 @@ def evaluate_checkpoint(
         raise UsageError(f"--gap_points and --bdmc must be >= 0 (0: none), got {gap_points} and {bdmc}")
     ais = ais or AIS()
     check_device(device, devices)
-    import_trusted(trust)
-    checkpoint = read_checkpoint(checkpoint_bytes(checkpoint_path), checkpoint_path, trust)
-    module = LVMModule.from_checkpoint(checkpoint, checkpoint_path, map_location=device, trusted=trust)
+    module, checkpoint = load_run(checkpoint_path, trust, map_location=device)
     module.eval()
     model = module.lvm
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path)}

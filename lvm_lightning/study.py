@@ -15,14 +15,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, read_checkpoint
 from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import UsageError, one_line_errors
-from lvm_lightning.evaluate import check_output, run_data
+from lvm_lightning.evaluate import check_output, load_run, run_data
 from lvm_lightning.files import write_atomically
 from lvm_lightning.models import MixtureModel
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact, ImportanceSampling, PriorSampling, SampledEstimator, tractable
 
 DEFAULT_NUM_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -37,8 +35,8 @@ class ExactPosterior(LatentVariableModel):
             raise UsageError("the exact posterior is enumerated over one categorical z: it needs a MixtureModel")
         super().__init__(model.prior, model.decoder, model.encoder)
 
-    def posterior(self, x: Tensor) -> Distribution:
-        """Categorical(p(z|x)) with logits log p(x, z) [B, C]."""
+    def posterior(self, x: Tensor, frozen: bool = False) -> Distribution:
+        """Categorical(p(z|x)) with logits log p(x, z) [B, C] (it has no φ: ``frozen`` changes nothing)."""
         return Categorical(logits=self.log_joint(x, self.support()).T, validate_args=False)
 
 
@@ -131,9 +129,7 @@ def study_figure(report: dict[str, Any]) -> Figure:
 
 def load_checkpoint(path: str, trust: Sequence[str]) -> tuple[LatentVariableModel, SplitData]:
     """The trained model and its run's data module, loaded as lvm-evaluate loads them (only trusted classes are built)."""
-    import_trusted(trust)
-    checkpoint = read_checkpoint(checkpoint_bytes(path), path, trust)
-    module = LVMModule.from_checkpoint(checkpoint, path, trusted=trust)
+    module, checkpoint = load_run(path, trust)
     return module.lvm.eval(), run_data(checkpoint, trust)
 
 
