@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lvm_lightning.callbacks import gradient_snr  # noqa: E402
-from lvm_lightning.evaluate import load_run, run_data  # noqa: E402
 from lvm_lightning.objectives import ImportanceSampling  # noqa: E402
+from lvm_lightning.runs import load_run, run_data  # noqa: E402
 from tests.test_gradient_snr import rainforth_model  # noqa: E402
 
 KS = (1, 10, 100)
@@ -51,7 +51,7 @@ def main() -> None:
     if args.checkpoint:
         print(f"{args.checkpoint}, the first {args.batch_size} test points")
         module, checkpoint = load_run(args.checkpoint)
-        data, model = run_data(checkpoint), module.lvm
+        data, model = run_data(checkpoint, args.checkpoint), module.lvm
         report["checkpoint"] = {"path": args.checkpoint, **table(model, data.splits["test"][: args.batch_size], args.num_estimates)}
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))

@@ -97,10 +97,10 @@ def plateau(model: LatentVariableModel, x: Tensor, reference: LocalOptimizer) ->
 
 def load(checkpoint: str, points: int) -> tuple[LatentVariableModel, Tensor]:
     """A trained model and the first ``points`` rows of its validation split."""
-    from lvm_lightning.evaluate import load_run, run_data
+    from lvm_lightning.runs import load_run, run_data
 
     module, stored = load_run(checkpoint, map_location="cpu")
-    return module.lvm.eval(), run_data(stored).splits["val"][:points]
+    return module.lvm.eval(), run_data(stored, checkpoint).splits["val"][:points]
 
 
 def main() -> None:

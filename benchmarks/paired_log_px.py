@@ -11,9 +11,9 @@ import math
 import torch
 
 from lvm_lightning import LVMModule
-from lvm_lightning.evaluate import load_run, run_data
 from lvm_lightning.objectives import ImportanceSampling
 from lvm_lightning.rng import seeded_fork
+from lvm_lightning.runs import load_run, run_data
 
 
 def per_point_log_px(module: LVMModule, x: torch.Tensor, num_samples: int, batch_size: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     # The first run's test split (its data module rebuilt from the checkpoint, as lvm-evaluate does).
     runs = [load_run(path) for path in args.checkpoints]
-    x = run_data(runs[0][1]).splits["test"][: args.num_points]
+    x = run_data(runs[0][1], args.checkpoints[0]).splits["test"][: args.num_points]
     values = [per_point_log_px(module.eval(), x, args.num_samples, args.batch_size) for module, _ in runs]
     difference = values[1] - values[0]
     report = {

@@ -5,11 +5,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
 from jsonargparse import ArgumentParser, Namespace, lazy_instance
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lvm_lightning.callbacks import (
@@ -21,11 +20,14 @@ from lvm_lightning.callbacks import (
     ImageGrids,
     LatentScatter,
     ProgressBar,
+    RunCheckpoint,
     ScalarLayout,
     TrueLogDensity,
 )
+from lvm_lightning.checkpoints import as_config, read_file, stored_arguments
+from lvm_lightning.classes import import_trusted
 from lvm_lightning.data import GaussianMixtureData, SplitData
-from lvm_lightning.errors import one_line_errors
+from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.files import AtomicCheckpointIO
 from lvm_lightning.module import LVMModule
 from lvm_lightning.resume import Resume, resolve_resume
@@ -34,16 +36,30 @@ from lvm_lightning.resume import Resume, resolve_resume
 class LVMCLI(LightningCLI):
     """Links the data's dimension and image shape into the model, and adds checkpointing, the convergence signal, the true density, density plots and image pictures.
 
-    ``resume`` (from ``resolve_resume``) points a resumed run's TensorBoard logger at the checkpoint's run folder.
+    ``resume`` (from ``resolve_resume``) points a resumed run's TensorBoard logger at the checkpoint's run folder; ``trusted``
+    names the modules whose classes the checkpoint of ``--ckpt_path`` may name.
     """
 
-    def __init__(self, *args: Any, resume: Optional[Resume] = None, **kwargs: Any) -> None:
-        self.resume = resume
+    def __init__(self, *args: Any, resume: Optional[Resume] = None, trusted: Sequence[str] = (), **kwargs: Any) -> None:
+        self.resume, self.trusted = resume, trusted
         super().__init__(*args, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """As LightningCLI does, the model arguments stored in ``--ckpt_path``'s checkpoint replace the config's, but each checked
+        first (``checkpoints.stored_arguments``): LightningCLI would hand them to jsonargparse, which imports whatever they name."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        arguments = stored_arguments(read_file(ckpt_path), LVMModule, ckpt_path, self.trusted)
+        if "__class__" in arguments:
+            raise UsageError(f"{ckpt_path!r} stores a model class of its own; lvm-train resumes LVMModule runs: do not resume from it")
+        if arguments:
+            self.config = self.parser.parse_object({subcommand: {"model": as_config(arguments)}}, self.config)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.data_dim", "model.lvm.init_args.data_dim", apply_on="instantiate")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ProgressBar, "progress_bar")
         parser.add_lightning_class_args(DensityPlot, "density_plot")
         parser.add_lightning_class_args(TrueLogDensity, "true_density")
@@ -94,7 +110,7 @@ class LVMCLI(LightningCLI):
         writing checkpoints atomically unless other plugins are given; for fit, once the data are checked against the model."""
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        off = tuple(kind for kind, flag in ((ModelCheckpoint, "enable_checkpointing"), (ProgressBar, "enable_progress_bar")) if config.get(flag) is False)
+        off = tuple(kind for kind, flag in ((RunCheckpoint, "enable_checkpointing"), (ProgressBar, "enable_progress_bar")) if config.get(flag) is False)
         if self.subcommand == "fit" and isinstance(self.datamodule, SplitData):
             # Before the Trainer (whose start-up lines would stand before the error) and before the run folder:
             # loads the splits on the CPU (fit moves them to the device later) and checks them against the model.
@@ -168,6 +184,7 @@ def main(args: Optional[list[str]] = None) -> None:
         # --trust is ours, not LightningCLI's: the modules whose classes a resumed checkpoint may name (your own, as for lvm-evaluate).
         trusted = option_values(argv, "--trust")
         argv = with_option(argv, "--trust", None)
+        import_trusted(trusted)
         resume = resolve_resume((option_values(argv, "--ckpt_path") or [None])[-1], trusted)  # the last one counts, as in argparse
         if resume is not None:
             argv = with_option(argv, "--ckpt_path", resume.ckpt_path)
@@ -181,6 +198,7 @@ def main(args: Optional[list[str]] = None) -> None:
             parser_kwargs={"exit_on_error": False},  # so that a mistyped option is one line too, not the full usage
             save_config_kwargs={"overwrite": True},  # a resumed run writes into its own folder again
             resume=resume,
+            trusted=trusted,
         )
 
 

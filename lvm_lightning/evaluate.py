@@ -24,17 +24,16 @@ from lightning_fabric import Fabric
 from torch import Tensor
 
 from lvm_lightning.callbacks.convergence import convergence_note
-from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
-from lvm_lightning.data import SplitData, load_array, true_log_prob
+from lvm_lightning.data import load_array, true_log_prob
 from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_process_group_setup
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.evaluation import PerPoint, estimate_all
 from lvm_lightning.files import write_atomically
 from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, Estimator, evaluation_estimators, simulate
 from lvm_lightning.rng import batch_seed, seeded_fork
+from lvm_lightning.runs import load_run, run_data
 from lvm_lightning.timing import timed
 
 Batches = list[dict[str, PerPoint]]  # estimate_all's results, one entry per batch of the data in order
@@ -166,33 +165,10 @@ def check_device(device: str, devices: int = 1) -> None:
         raise UsageError(f"--devices {devices} but this machine has {available} {what}: pass --devices {available} or fewer")
 
 
-def load_run(path: str, trusted: Sequence[str] = (), map_location: Any = None) -> tuple[LVMModule, dict[str, Any]]:
-    """(the module a checkpoint holds, the checkpoint as ``read_checkpoint`` reads it), read once, building only trusted classes."""
-    import_trusted(trusted)
-    checkpoint = read_checkpoint(checkpoint_bytes(path), path, trusted)
-    return LVMModule.from_checkpoint(checkpoint, path, map_location=map_location, trusted=trusted), checkpoint
-
-
-def run_data(checkpoint: dict[str, Any], trusted: Sequence[str] = ()) -> SplitData:
-    """The training run's data module, rebuilt from the class path and arguments that LightningCLI stored in the
-    checkpoint (read by ``read_checkpoint``), with its splits loaded. It downloads nothing and caches in the default place:
-    a shared checkpoint does not choose where evaluation reaches or writes."""
-    stored = checkpoint.get("datamodule_hyper_parameters", {})
-    if "_class_path" not in stored:
-        raise UsageError("this checkpoint does not record its data module's class: pass --data_path FILE.npy to evaluate on your own data")
-    init_args = {key: value for key, value in stored.items() if not key.startswith("_") and key != "cache_dir"}
-    if "download" in init_args:
-        init_args["download"] = False
-    datamodule = instantiate({"class_path": stored["_class_path"], "init_args": init_args}, trusted, "datamodule")
-    if not isinstance(datamodule, SplitData):
-        raise UsageError(f"{type(datamodule).__name__} is not a lvm_lightning.data.SplitData: pass --data_path FILE.npy")
-    datamodule.setup("test")
-    return datamodule
-
-
 def evaluate_checkpoint(
     checkpoint_path: str,
     data_path: Optional[str] = None,
+    data_root: Optional[str] = None,
     num_samples: int = 1000,
     batch_size: int = 1024,
     chunk_size: Optional[int] = None,
@@ -212,7 +188,8 @@ def evaluate_checkpoint(
 
     'gaps' (when gap_points > 0): the amortization/approximation decomposition on the first
     gap_points points with q* fit by ``gap``, log p(x) importance-sampled from q* with num_samples
-    where it has no exact form (inference/gaps.py). ``trust``: modules whose classes the checkpoint may name.
+    where it has no exact form (inference/gaps.py). ``trust``: modules whose classes the checkpoint may name. ``data_root``: the folder
+    of the run's image data set on this machine (the checkpoint's own folders are never read).
     ``estimators``: which to run (exact, prior_sampling, importance_sampling, elbo, ais; default all that apply but ais),
     with ``ais`` (default ``AIS()``) for AIS. 'cost' gives the seconds the estimates took, per point, and the peak memory.
     'convergence_note': present when the run's validation log p(x) was still improving when the checkpoint was written.
@@ -257,9 +234,9 @@ def evaluate_checkpoint(
         x = load_array(data_path)
         report["data"] = {"path": data_path}
     else:
-        datamodule = run_data(checkpoint, trust)
+        datamodule = run_data(checkpoint, checkpoint_path, trust, data_root)
         x = datamodule.splits["test"]
-        report["data"] = {"class": checkpoint["datamodule_hyper_parameters"]["_class_path"], "split": "test"}
+        report["data"] = {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}", "split": "test"}
     x = x.to(device)
     module.check_values(x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
     chosen = evaluation_estimators(model, num_samples, chunk_size, estimators, (ais,))

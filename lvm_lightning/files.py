@@ -8,6 +8,8 @@ from typing import Any, Optional, Union
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from lvm_lightning.checkpoints import read_file
+
 
 def write_atomically(path: Union[str, Path], data: bytes) -> None:
     """Writes ``data`` to a hidden file beside ``path``, flushes it to the disk, then renames it to ``path`` (atomic within a folder)."""
@@ -23,7 +25,13 @@ def write_atomically(path: Union[str, Path], data: bytes) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch.save checkpoints, written by ``write_atomically`` (Lightning's own writer renames from /tmp, which copies across file systems)."""
+    """Lightning's torch.save checkpoints, written by ``write_atomically`` (Lightning's own writer renames from /tmp, which copies across
+    file systems), and read for a resume by ``checkpoints.read_file``, as every other reader of a checkpoint does."""
+
+    def load_checkpoint(self, path: Union[str, Path], map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        if "://" in str(path):  # remote storage: the user's own choice of file, read by Lightning's loader (weights only)
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        return read_file(path, weights_alone=True)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None) -> None:
         if "://" in str(path) or storage_options is not None:  # remote storage: Lightning's own transaction

@@ -11,7 +11,7 @@ from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau
 
-from lvm_lightning.checkpoints import checkpoint_bytes, import_trusted, instantiate, read_checkpoint
+from lvm_lightning.checkpoints import check_training_state, load_module, read_file
 from lvm_lightning.data.in_memory import global_batch_index
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.distributed import destroy_process_group_at_exit
@@ -91,38 +91,10 @@ class LVMModule(pl.LightningModule):
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: Union[str, Path], map_location: Any = None, strict: bool = True, trusted: Sequence[str] = (), **kwargs: Any
     ) -> "LVMModule":
-        """The module a checkpoint holds, rebuilt safely: nothing but tensors and plain values is unpickled, and each part is
-        built from its stored class path (``checkpoints.instantiate``) only if that class is lvm_lightning's, torch.nn's or
-        under a module in ``trusted``; else UsageError. ``kwargs`` replace stored arguments (parts included, as objects)."""
-        source = str(checkpoint_path)
-        import_trusted(trusted)
-        return cls.from_checkpoint(read_checkpoint(checkpoint_bytes(checkpoint_path), source, trusted), source, map_location, strict, trusted, **kwargs)
-
-    @classmethod
-    def from_checkpoint(
-        cls, checkpoint: dict[str, Any], source: str, map_location: Any = None, strict: bool = True, trusted: Sequence[str] = (), **kwargs: Any
-    ) -> "LVMModule":
-        """``load_from_checkpoint`` for a checkpoint already read by ``checkpoints.read_checkpoint`` (``source`` names it in messages)."""
-        stored = {key: value for key, value in checkpoint.get("hyper_parameters", {}).items() if not key.startswith("_")}
-        missing = [name for name in PARTS if name not in stored and name not in kwargs]
-        if missing:
-            raise UsageError(
-                f"{source!r} was written by an LVMModule built in Python, whose parts are objects kept out of the checkpoint: "
-                f"pass them again, LVMModule.load_from_checkpoint(path, {'=…, '.join(missing)}=…), or train with lvm-train"
-            )
-        malformed = [name for name in PARTS if name not in kwargs and not (isinstance(stored[name], dict) and "class_path" in stored[name])]
-        if malformed:
-            raise UsageError(f"{source!r} stores {', '.join(malformed)} as something other than a class path with its arguments: do not load it")
-        arguments = {**{key: instantiate(value, trusted, key) for key, value in stored.items()}, **kwargs}
-        module = cls(**arguments)
-        # Stored as class paths again, so that a checkpoint of the loaded module rebuilds it too.
-        module.hparams.update({name: stored[name] for name in PARTS if name in stored and name not in kwargs})
-        module.on_load_checkpoint(checkpoint)
-        try:
-            module.load_state_dict(checkpoint["state_dict"], strict=strict)
-        except RuntimeError as error:
-            raise UsageError(f"{source!r} holds weights that do not fit the model it describes ({str(error).splitlines()[0]})") from None
-        return module.to(map_location) if map_location is not None else module
+        """The module a checkpoint holds, rebuilt safely (``checkpoints.load_module``): nothing but tensors and plain values is
+        unpickled, and each part is built from its stored class path only if that class is lvm_lightning's, torch.nn's or under a
+        module in ``trusted``, and of the kind its slot expects; else UsageError. ``kwargs`` replace stored arguments (parts included, as objects)."""
+        return load_module(cls, read_file(checkpoint_path), str(checkpoint_path), map_location, strict, trusted, **kwargs)
 
     def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The training loss −mean_x surrogate(x), and mean_x log p̂(x), of the estimator's objective on the batch ``x``."""
@@ -267,6 +239,8 @@ class LVMModule(pl.LightningModule):
             raise self._nonfinite_stop("the weights became NaN or infinite")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:  # a resumed run: what Lightning restores next must fit this module
+            check_training_state(checkpoint, self, str(self._trainer.ckpt_path))
         self._resume_rng_state = checkpoint.get("rng_state")
         self._initialize_from_data = False
 

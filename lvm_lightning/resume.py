@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lvm_lightning.checkpoints import checkpoint_bytes, read_checkpoint
+from lvm_lightning.checkpoints import check_declared, data_recipe, read_file, stored_arguments
 from lvm_lightning.errors import UsageError
+from lvm_lightning.module import LVMModule
 
 LIGHTNING_NAMES = ("last", "best", "hpc", "registry")  # --ckpt_path values that Lightning resolves itself
 
@@ -51,7 +52,10 @@ def resolve_resume(ckpt_path: Optional[str], trusted: Sequence[str] = ()) -> Opt
     refusals: dict[Path, UsageError] = {}
     for candidate in candidates:
         try:
-            checkpoint = read_checkpoint(checkpoint_bytes(candidate), str(candidate), trusted)
+            checkpoint = read_file(candidate)
+            # Every class it names checked, and its declared sizes against its weights, before LightningCLI sees them.
+            check_declared(LVMModule, stored_arguments(checkpoint, LVMModule, str(candidate), trusted), checkpoint, str(candidate))
+            data_recipe(checkpoint, str(candidate), trusted)  # not used on resume (the data come from the config), but a hostile class refuses the file
         except UsageError as error:
             refusals[candidate] = error
             continue

@@ -17,11 +17,12 @@ from torch.distributions import Categorical, Distribution, Independent, MixtureS
 
 from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import UsageError, one_line_errors
-from lvm_lightning.evaluate import check_output, load_run, run_data
+from lvm_lightning.evaluate import check_output
 from lvm_lightning.files import write_atomically
 from lvm_lightning.models import MixtureModel
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Exact, ImportanceSampling, PriorSampling, SampledEstimator, tractable
+from lvm_lightning.runs import load_run, run_data
 
 DEFAULT_NUM_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 Proposal = Literal["encoder", "exact_posterior"]
@@ -130,7 +131,7 @@ def study_figure(report: dict[str, Any]) -> Figure:
 def load_checkpoint(path: str, trust: Sequence[str]) -> tuple[LatentVariableModel, SplitData]:
     """The trained model and its run's data module, loaded as lvm-evaluate loads them (only trusted classes are built)."""
     module, checkpoint = load_run(path, trust)
-    return module.lvm.eval(), run_data(checkpoint, trust)
+    return module.lvm.eval(), run_data(checkpoint, path, trust)
 
 
 def study_inputs(

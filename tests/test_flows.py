@@ -131,7 +131,22 @@ def test_training_with_a_flow_encoder_and_evaluating_its_checkpoint(tmp_path, mo
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / "runs" / "numpy_file" / "version_0" / "checkpoints" / "last.ckpt"
     result = run_tool(
-        ["-m", "lvm_lightning.evaluate", str(checkpoint), "--num_samples", "50", "--gap_points", "8", "--gap.max_steps", "20", "--output", "r.json"], tmp_path
+        [
+            "-m",
+            "lvm_lightning.evaluate",
+            str(checkpoint),
+            "--data_path",
+            "points.npy",
+            "--num_samples",
+            "50",
+            "--gap_points",
+            "8",
+            "--gap.max_steps",
+            "20",
+            "--output",
+            "r.json",
+        ],
+        tmp_path,  # fmt: skip
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())

@@ -221,7 +221,7 @@ def test_pip_install_gives_console_commands_that_work_from_any_folder(tmp_path):
     where = subprocess.run([str(python), "-c", "import importlib.metadata as m, lvm_lightning; print(lvm_lightning.__file__); print(m.requires('lvm_lightning'))"],
                            capture_output=True, text=True, cwd=work, env=env)  # fmt: skip
     assert str(venv) in where.stdout.splitlines()[0], where.stdout + where.stderr  # the installed copy, not the repository's
-    assert "torch>=2.2" in where.stdout and "pytorch-lightning>=2.4" in where.stdout and 'pytest>=7.4; extra == "test"' in where.stdout
+    assert "torch>=2.6" in where.stdout and "pytorch-lightning>=2.4" in where.stdout and 'pytest>=7.4; extra == "test"' in where.stdout
     train = subprocess.run([str(venv / "bin" / "lvm-train"), "--trainer.max_epochs", "1", *QUICK], capture_output=True, text=True, cwd=work, env=env)
     assert train.returncode == 0, train.stderr[-3000:]
     checkpoint = work / "runs" / "default" / "version_0" / "checkpoints" / "last.ckpt"

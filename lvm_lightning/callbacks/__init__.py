@@ -7,6 +7,7 @@ from lvm_lightning.callbacks.gradient_snr import GradientSNR, gradient_snr
 from lvm_lightning.callbacks.images import ActiveUnits, ImageGrids, LatentScatter, active_units
 from lvm_lightning.callbacks.layout import ScalarLayout
 from lvm_lightning.callbacks.progress import ProgressBar
+from lvm_lightning.callbacks.run_checkpoint import RunCheckpoint
 from lvm_lightning.callbacks.true_density import TrueLogDensity
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ImageGrids",
     "LatentScatter",
     "ProgressBar",
+    "RunCheckpoint",
     "ScalarLayout",
     "TrueLogDensity",
     "active_units",

@@ -90,16 +90,19 @@ class ImageData(InMemoryDataModule):
     ``binarization``: ``dynamic`` draws x ~ Bernoulli(grey) afresh for every training batch, on the
     device; ``static`` draws the training set once with ``seed``; ``threshold`` is 1[grey > 0.5];
     ``none`` keeps grey levels (use a continuous likelihood). Validation and test splits are fixed
-    draws: with ``seed``, and with a constant seed for the test split.
+    draws: with ``seed``, and with a constant seed for the test split. ``root`` None: ./data if it holds the files,
+    else the operating system's copy where one is known (Debian's dataset-fashion-mnist).
     """
 
     dataset_class: type[datasets.MNIST]
     title: str  # the data set's name in messages
+    system_root: Optional[str] = None  # where an operating-system package installs the files, if one does
     image_shape = (1, 28, 28)
+    machine_arguments = {"root": None, "download": False, "cache_dir": None}
 
     def __init__(
         self,
-        root: str = "data",
+        root: Optional[str] = "data",
         download: bool = True,
         binarization: Binarization = "dynamic",
         num_val: int = 10_000,
@@ -130,7 +133,7 @@ class ImageData(InMemoryDataModule):
 
     def _torchvision_root(self) -> Path:
         """The folder to hand torchvision: ``root`` itself, or the cache holding the unpacked flat files."""
-        root = Path(self.hparams.root).expanduser()
+        root = Path(self.hparams.root).expanduser() if self.hparams.root is not None else self.default_root()
         sources = flat_sources(root)
         if sources is None:
             return root
@@ -139,6 +142,13 @@ class ImageData(InMemoryDataModule):
         unpacked = cache / hashlib.sha1(stamp.encode()).hexdigest()[:12]
         unpack(sources, unpacked / self.dataset_class.__name__ / "raw")
         return unpacked
+
+    def default_root(self) -> Path:
+        """``root`` None: ./data if the data are there, else the system's copy (``system_root``) if it has them, else ./data."""
+        for folder in (Path("data"), *([Path(self.system_root)] if self.system_root else [])):
+            if flat_sources(folder) is not None or (folder / self.dataset_class.__name__ / "raw").is_dir():
+                return folder
+        return Path("data")
 
     def _read(self, train: bool) -> tuple[Tensor, Tensor]:
         """(images [N, 28, 28] as uint8, labels [N]) of the training or the test file."""
@@ -150,9 +160,12 @@ class ImageData(InMemoryDataModule):
             if self.hparams.download:
                 why, other_way = f"the download failed ({lines[-1] if lines else type(error).__name__})", "retry with internet access"
             else:
-                why, other_way = "download is off", "pass --data.download true"
+                why, other_way = "download is off", "allow the download (--data.download true)"
             files = ", ".join(f"{name}.gz" for name in IDX_FILES)
-            raise UsageError(f"{self.title} not found in {str(root)!r} and {why}: put the four files {files} flat in that folder, or {other_way}") from None
+            raise UsageError(
+                f"{self.title} not found in {str(root)!r} and {why}: put the four files {files} flat in a folder "
+                f"(lvm-train: --data.root DIR; lvm-evaluate: --data_root DIR), or {other_way}"
+            ) from None
         images = dataset.data
         if tuple(images.shape[1:]) != self.image_shape[1:]:
             raise UsageError(f"{self.title} images in {str(root)!r} are {tuple(images.shape[1:])}, expected {self.image_shape[1:]}")
@@ -185,3 +198,4 @@ class FashionMNISTData(ImageData):
 
     dataset_class = datasets.FashionMNIST
     title = "Fashion-MNIST"
+    system_root = "/usr/share/datasets/fashion-mnist"

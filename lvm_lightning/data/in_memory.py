@@ -10,7 +10,7 @@ served through a plain DataLoader for training, for data too large for the devic
 """
 
 from functools import partial
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, ClassVar, Iterator, Optional, Union
 
 import pytorch_lightning as pl
 import torch
@@ -102,6 +102,9 @@ class InMemoryDataModule(pl.LightningDataModule):
     """Base class for data held as three tensors [N, D] (train, val, test): on the training device, or on the CPU behind a DataLoader."""
 
     image_shape: Optional[tuple[int, ...]] = None  # (C, H, W) when a row is a flattened image
+    # Arguments that belong to the machine, not the run (folders, files, downloads), with the values they take when the data
+    # module is rebuilt from someone's checkpoint (data.protocol.REQUIRED: the user must give it).
+    machine_arguments: ClassVar[dict[str, Any]] = {}
     true_density: Optional[Distribution] = None  # the data's own distribution, where known
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0, in_memory: bool = True) -> None:

@@ -26,6 +26,7 @@ class LinearGaussianData(SyntheticData):
         if dim < 1 or latent_dim < 1 or noise_std <= 0:
             raise UsageError("dim, latent_dim and noise_std must be positive")
         self.save_hyperparameters()
+        self.check_size(dim, 2 * dim * dim + dim * latent_dim)
         generator = torch.Generator().manual_seed(seed)
         self.weight = torch.randn(dim, latent_dim, generator=generator)
         self.bias = torch.randn(dim, generator=generator)

@@ -34,6 +34,7 @@ class GaussianMixtureData(SyntheticData):
         if layout == "ring" and dim < 2:
             raise UsageError("layout 'ring' needs dim >= 2: use --data.layout random for 1-D data")
         self.save_hyperparameters()
+        self.check_size(dim, 2 * num_clusters * dim)
         self.distribution = MixtureSameFamily(
             Categorical(logits=torch.zeros(num_clusters)),
             Independent(Normal(self._centres(), torch.full((num_clusters, dim), cluster_std)), 1),

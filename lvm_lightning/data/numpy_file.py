@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from lvm_lightning.data.in_memory import InMemoryDataModule
+from lvm_lightning.data.protocol import REQUIRED
 from lvm_lightning.errors import UsageError
 
 
@@ -43,6 +44,8 @@ def load_array(path: str) -> Tensor:
 
 class NumpyData(InMemoryDataModule):
     """Rows of ``path`` split at random (seeded) into train/val/test, unless val_path and test_path are given."""
+
+    machine_arguments = {"path": REQUIRED, "val_path": None, "test_path": None}
 
     def __init__(
         self,

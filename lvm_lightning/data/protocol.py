@@ -13,7 +13,9 @@ class SplitData(Protocol):
     ``labels`` per split (may be empty), ``image_shape`` (C, H, W) of a flattened row or None,
     ``true_density`` the data's own distribution where known (synthetic data) or None, and
     ``transform(split)``, applied to every batch drawn from a split (None: batches are the stored values).
-    ``InMemoryDataModule`` implements it; a data module of your own can too.
+    ``InMemoryDataModule`` implements it; a data module of your own can too. A class attribute ``machine_arguments``
+    {name: value} lists the constructor arguments that are the machine's rather than the run's (folders, files, downloads):
+    rebuilt from a checkpoint, the data module takes those values (or the user's), never the stored ones.
     """
 
     splits: dict[str, Tensor]
@@ -28,3 +30,7 @@ class SplitData(Protocol):
 def true_log_prob(density: Distribution, x: Tensor) -> Tensor:
     """log p_data(x) [B] on x's device (a data module keeps its true density on the CPU)."""
     return density.log_prob(x.cpu()).to(x)
+
+
+# In a data module's ``machine_arguments``: an argument with no default on another machine, which the user must give.
+REQUIRED = object()

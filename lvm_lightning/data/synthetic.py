@@ -6,6 +6,7 @@ from torch.distributions import Distribution
 
 from lvm_lightning.data.in_memory import InMemoryDataModule
 from lvm_lightning.errors import UsageError
+from lvm_lightning.memory import check_fits
 
 
 class SyntheticData(InMemoryDataModule):
@@ -23,6 +24,11 @@ class SyntheticData(InMemoryDataModule):
         if min(num_train, num_val, num_test) < 1:
             raise UsageError("num_train, num_val and num_test must be positive")
         self.sizes = [num_train, num_val, num_test]
+
+    def check_size(self, dim: int, extra: int = 0) -> None:
+        """Raises UsageError before anything is drawn when the splits of ``dim`` columns, plus ``extra`` floats, would not fit in memory."""
+        points = sum(self.sizes)
+        check_fits(4 * (points * dim + extra), f"{type(self).__name__} with {points:,} points of dimension {dim:,}", "lower the sizes or dim")
 
     @property
     def data_dim(self) -> int:

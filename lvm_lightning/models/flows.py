@@ -16,6 +16,7 @@ from torch.distributions import AffineTransform, Distribution, Independent, Mult
 from torch.distributions.transforms import IndependentTransform, Transform
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.memory import check_fits
 
 
 class FullCovarianceGaussian(nn.Module):
@@ -151,7 +152,13 @@ class CouplingFlow(nn.Module):
             raise UsageError("a coupling flow splits z in two: it needs latent_dim >= 2 (use 'diagonal' or 'full' for one latent)")
         self.dim, self.context = dim, context
         self.num_params = 2 * dim + context
-        self.flow = zuko.flows.RealNVP(features=dim, context=context, transforms=transforms, hidden_features=tuple(hidden))
+        # zuko reads its coupling masks' sizes (``.item()``), which the meta device (the checkpoint loader's size check) cannot
+        # give: the flow is built on the CPU even there, once its weights, at most (dim + context + 1) → hidden → 2 dim per
+        # transform, are known to fit.
+        widths = [dim + context, *hidden, 2 * dim]
+        check_fits(4 * transforms * sum((a + 1) * b for a, b in zip(widths, widths[1:])), f"a coupling flow over {dim} latents", "lower its sizes")
+        with torch.device("cpu"):
+            self.flow = zuko.flows.RealNVP(features=dim, context=context, transforms=transforms, hidden_features=tuple(hidden))
 
     def forward(self, params: Tensor) -> Distribution:
         loc, log_scale, context = params.split([self.dim, self.dim, self.context], -1)
