@@ -20,6 +20,7 @@ from lvm_lightning.objectives.estimators import (
     log_mean_exp_stderr,
     tractable,
 )
+from lvm_lightning.objectives.psis import pareto_k
 
 __all__ = [
     "AIS",
@@ -40,6 +41,7 @@ __all__ = [
     "importance_log_weights",
     "leave_one_out_bounds",
     "log_mean_exp_stderr",
+    "pareto_k",
     "resolve_encoder_objective",
     "simulate",
     "tractable",

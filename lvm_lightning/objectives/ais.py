@@ -231,7 +231,7 @@ class AIS(Estimator):
         return log_mean_exp_stderr(estimate)
 
     def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
-        """The chains' ESS/C and log-weight spread, the standard error, the HMC acceptance rate and the adapted step size."""
+        """The chains' ESS/C and log-weight spread, the standard error, the Pareto k̂ (C >= 25), the HMC acceptance rate and the adapted step size."""
         return {**log_mean_exp_diagnostics(estimate), **estimate.statistics}
 
 

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.lvm import LatentVariableModel
+from lvm_lightning.objectives import psis
 from lvm_lightning.objectives.encoder import EncoderObjective, resolve_encoder_objective, wake_objective
 
 DEFAULT_CHUNK_SIZE = 2**16
@@ -54,12 +55,15 @@ def log_mean_exp_stderr(estimate: Estimate) -> Tensor:
 
 
 def log_mean_exp_diagnostics(estimate: Estimate) -> dict[str, Tensor]:
-    """ESS/K, the spread of the log-weights and ``log_mean_exp_stderr``, per point, for an estimate log (1/K) Σ_k w_k."""
-    return {
+    """ESS/K, the spread of the log-weights, ``log_mean_exp_stderr`` and, for K >= 25, PSIS's k̂ (``psis.diagnostics``), per point, for an estimate log (1/K) Σ_k w_k."""
+    diagnostics = {
         "ess_fraction": estimate.effective_sample_size() / estimate.log_weights.shape[0],
         "log_weight_std": estimate.log_weight_std(),
         "log_px_stderr": log_mean_exp_stderr(estimate),
     }
+    if psis.fits(estimate.log_weights.shape[0]):  # fewer draws leave no tail to fit: no key rather than a NaN logged
+        diagnostics.update(psis.diagnostics(psis.pareto_k(estimate.log_weights)))
+    return diagnostics
 
 
 @dataclass
@@ -214,7 +218,7 @@ class SampledEstimator(Estimator):
         return log_mean_exp_stderr(estimate)
 
     def diagnostics(self, estimate: Estimate) -> dict[str, Tensor]:
-        """ESS/K, the spread of the log-weights, and the standard error."""
+        """ESS/K, the spread of the log-weights, the standard error and, for K >= 25, the Pareto k̂."""
         return log_mean_exp_diagnostics(estimate)
 
 
