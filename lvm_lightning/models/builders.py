@@ -20,7 +20,7 @@ from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import CategoricalPrior, IndependentCategoricalPrior, StandardNormalPrior
-from lvm_lightning.models.vamp import VampPrior, random_rows
+from lvm_lightning.models.vamp import VampPrior
 
 Network = Literal["mlp", "conv"]
 Posterior = Literal["diagonal", "full", "flow", "local_flow"]
@@ -216,7 +216,7 @@ class VAE(LatentVariableModel):
     whose every parameter comes from the network (models/flows.py).
     ``network`` 'conv' uses stride-2 convolutions over images of ``image_shape`` (C, H, W); then
     ``encoder_hidden`` and ``decoder_hidden`` are their channels. ``num_pseudo_inputs`` C replaces N(0, I) by the VampPrior
-    (1/C) Σ_c q_φ(z|u_c) (models/vamp.py), whose pseudo-inputs start at C random training rows (``initialize``).
+    (1/C) Σ_c q_φ(z|u_c) with C learned pseudo-inputs u_c (models/vamp.py).
     """
 
     def __init__(
@@ -239,13 +239,6 @@ class VAE(LatentVariableModel):
         )
         prior = StandardNormalPrior(latent_dim) if num_pseudo_inputs is None else VampPrior(encoder, num_pseudo_inputs, data_dim)
         super().__init__(prior, decoder, encoder, data_dim)
-        self.num_pseudo_inputs = num_pseudo_inputs
-
-    @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
-        """With a VampPrior: its pseudo-inputs at C random training rows of ``x`` [N, D]."""
-        if self.num_pseudo_inputs is not None:
-            self.prior.start_from(random_rows(x, self.num_pseudo_inputs))
 
 
 class LinearGaussian(LatentVariableModel):

@@ -19,7 +19,7 @@ from lvm_lightning.models.families import DiagonalGaussian, GaussianStd, Likelih
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import StandardNormalPrior
-from lvm_lightning.models.vamp import VampPrior, random_rows
+from lvm_lightning.models.vamp import VampPrior
 
 Step = Callable[[Tensor], Distribution]
 
@@ -149,7 +149,8 @@ class HierarchicalVAE(LatentVariableModel):
     ``latent_dims`` [d_1, …, d_L]; ``hidden[l]`` the deterministic widths between layer l−1 and layer l (layer 0 is x), the
     encoder's upward and the decoder's downward: the IWAE paper's two layers are latent_dims [100, 50], hidden [[200, 200], [100, 100]].
     ``num_pseudo_inputs`` C makes p(z_L) a VampPrior: the mixture of the top encoder layer's q(z_L | z_{L−1} = u_c) over C learned
-    inputs u_c of that layer (x itself for L = 1), which start at the encodings of C random training rows (``initialize``).
+    inputs u_c of that layer (x itself for L = 1). The encoder's q(z_L|x) is an integral over the layers below, with no closed
+    form, so the pseudo-inputs live where the top layer's own input does.
     """
 
     def __init__(
@@ -180,18 +181,9 @@ class HierarchicalVAE(LatentVariableModel):
         encoder = HierarchicalEncoder(first, upper, sizes)
         top = StandardNormalPrior(sizes[-1]) if num_pseudo_inputs is None else VampPrior((upper or [first])[-1], num_pseudo_inputs, below[-1])
         super().__init__(HierarchicalPrior(top, prior_layers, sizes), decoder, encoder, data_dim)
-        self.sizes, self.num_pseudo_inputs = sizes, num_pseudo_inputs
+        self.sizes = sizes
 
     def latent_layers(self) -> dict[str, slice]:
         """z_1, …, z_L as slices of z's last dimension."""
         starts = [0, *accumulate(self.sizes)]
         return {f"z{layer + 1}": slice(starts[layer], starts[layer + 1]) for layer in range(len(self.sizes))}
-
-    @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
-        """With a VampPrior: its pseudo-inputs at C random training rows of ``x`` [N, D], carried up to layer L−1 by one draw of the encoder."""
-        if self.num_pseudo_inputs is None:
-            return
-        rows = random_rows(x, self.num_pseudo_inputs)
-        below = rows if len(self.sizes) == 1 else self.encoder(rows).sample()[..., list(self.latent_layers().values())[-2]]
-        self.prior.top.start_from(below)

@@ -1,7 +1,7 @@
 """The VampPrior (Tomczak & Welling, 2018): p(z) = (1/C) Σ_c q_φ(z|u_c), the encoder's posterior mixed over C learned pseudo-inputs."""
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.distributions import Categorical, Distribution, MixtureSameFamily
 
 from lvm_lightning.errors import UsageError
@@ -13,9 +13,10 @@ class VampPrior(nn.Module):
     ``encoder`` is the model's own (shared, not copied) and registered here as well, so that the prior's parameters are φ and
     the u_c: a frozen prior (``functional_call`` with detached parameters, as ``LatentVariableModel.log_joint(frozen=True)``
     makes it) holds both constant. The u_c are free parameters, the paper's linear layer on one-hot vectors written as its
-    matrix, without the hardtanh that keeps image pseudo-inputs within the pixel range. They start as small random values,
-    and the models that take a VampPrior move them to C random training rows before training (``start_from``).
-    log p(z) costs C component densities per z: memory grows as (z's per chunk) × C × d, which the estimators' chunk_size bounds.
+    matrix, without the hardtanh that keeps image pseudo-inputs within the pixel range; like the paper's, they start as small
+    random values. Not at training rows: each component would then be some point's posterior already, a posterior that ignores
+    x starts with KL(q_φ(z|x) || p(z)) near zero, and a Fashion-MNIST VAE started so collapsed onto it. log p(z) costs C
+    component densities per z: memory grows as (z's per chunk) × C × d, which the estimators' chunk_size bounds.
     """
 
     def __init__(self, encoder: nn.Module, num_pseudo_inputs: int, input_dim: int) -> None:
@@ -29,15 +30,3 @@ class VampPrior(nn.Module):
         components = self.encoder(self.pseudo_inputs)
         uniform = Categorical(logits=self.pseudo_inputs.new_zeros(len(self.pseudo_inputs)), validate_args=False)
         return MixtureSameFamily(uniform, components, validate_args=False)
-
-    @torch.no_grad()
-    def start_from(self, inputs: Tensor) -> None:
-        """u_c = ``inputs`` [C, input_dim]."""
-        self.pseudo_inputs.copy_(inputs)
-
-
-def random_rows(x: Tensor, num: int) -> Tensor:
-    """``num`` rows of ``x`` [N, D] drawn at random: without replacement where N >= num."""
-    if len(x) >= num:
-        return x[torch.randperm(len(x), device=x.device)[:num]]
-    return x[torch.randint(len(x), (num,), device=x.device)]

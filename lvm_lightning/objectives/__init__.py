@@ -20,6 +20,7 @@ from lvm_lightning.objectives.estimators import (
     log_mean_exp_stderr,
     tractable,
 )
+from lvm_lightning.objectives.semi_amortized import SemiAmortized
 
 __all__ = [
     "AIS",
@@ -32,6 +33,7 @@ __all__ = [
     "Objective",
     "PriorSampling",
     "SampledEstimator",
+    "SemiAmortized",
     "amortized_elbo",
     "annealing_schedule",
     "applies",
