@@ -69,10 +69,13 @@ def test_the_shared_encoder_is_trained_once_frozen_with_the_prior_and_saved_and_
     torch.testing.assert_close(copy.prior().log_prob(z), model.prior().log_prob(z), rtol=0, atol=0)
 
 
-def test_a_vamp_vae_trains_and_anneals_from_its_prior():
-    """A few steps of a VampPrior VAE; validation with prior sampling from the mixture and AIS from it (whitened by its moments) stays finite."""
+@pytest.mark.parametrize("kind", ["vae", "hierarchical"])
+def test_a_vamp_model_trains_and_anneals_from_its_prior(kind):
+    """A few steps of a VampPrior VAE and of a two-layer model with one on top; validation with prior sampling and AIS from the prior
+    (whitened by the mixture's moments, in plain coordinates for the hierarchy's chain) stays finite."""
     pl.seed_everything(0)
-    module = LVMModule(VAE(2, 2, (16,), (16,), num_pseudo_inputs=8), ImportanceSampling(2), validation_estimators=[AIS(num_steps=5, init="prior")])
+    model = VAE(2, 2, (16,), (16,), num_pseudo_inputs=8) if kind == "vae" else HierarchicalVAE(2, [3, 2], [[16], [8]], num_pseudo_inputs=8)
+    module = LVMModule(model, ImportanceSampling(2), validation_estimators=[AIS(num_steps=5, init="prior")])
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1, logger=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=GaussianMixtureData(num_train=256, num_val=64, num_test=16, batch_size=64))
     logged = {name: float(v) for name, v in trainer.callback_metrics.items() if name.startswith("val/log_px/")}
