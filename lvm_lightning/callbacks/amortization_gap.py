@@ -16,7 +16,7 @@ from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, in_family, summarize_sums
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import AIS
+from lvm_lightning.objectives import AIS, Estimator
 from lvm_lightning.rng import seeded_fork
 
 
@@ -40,6 +40,8 @@ def refinement_figure(summary: dict[str, Any], ks: Sequence[int], epoch: int) ->
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     ax.errorbar(ks, elbo, yerr=err, marker="o", capsize=3, label="ELBO after k steps from q_φ (k = 0: amortized)")
+    if "elbo_semi_amortized" in summary:
+        ax.axhline(summary["elbo_semi_amortized"], color="tab:orange", linestyle="-.", label="ELBO after the training refinement (semi-amortized)")
     ax.axhline(summary["elbo_optimized"], color="tab:green", linestyle="--", label="ELBO(q*)")
     ax.axhline(summary["log_px"], color="black", linestyle=":", label="log p(x)")
     ax.set_xscale("symlog", linthresh=1)
@@ -57,7 +59,8 @@ class AmortizationGap(DataCallback):
     gap/elbo_amortized = ELBO(q_φ), gap/elbo_optimized = ELBO(q*), gap/log_px, gap/amortization_gap =
     ELBO(q*) − ELBO(q_φ), gap/approximation_gap = log p(x) − ELBO(q*), seconds per point of each
     inference, Adam steps and converged fraction of q* (fit by ``optimizer``), and gap/refined_elbo/k=…
-    after k steps from q_φ, also drawn as the figure gap/refinement (0 turns it all off). Under DDP
+    after k steps from q_φ, also drawn as the figure gap/refinement (0 turns it all off); where the training estimator refines q_φ
+    (SemiAmortized), gap/elbo_semi_amortized, the ELBO of its refined q, between ELBO(q_φ) and ELBO(q*). Under DDP
     each rank takes every world_size-th point and sums are all-reduced. The model's weights and
     modes, its optimizer and the training RNG stream are left as they were: the RNG is forked and
     seeded with ``seed``, so every evaluation sees the same draws. With a ``Convergence`` callback in the run,
@@ -110,11 +113,19 @@ class AmortizationGap(DataCallback):
             in_family(pl_module.lvm, self.family)  # raises here, before training, where the family does not apply
 
     def _measure(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: LatentVariableModel, x: torch.Tensor, prefix: str
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        model: LatentVariableModel,
+        x: torch.Tensor,
+        prefix: str,
+        estimator: Optional[Estimator] = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The decomposition of ``model`` on this rank's points ``x``, summed over ranks: (summary, metrics named PREFIX/NAME)."""
+        """The decomposition of ``model`` on this rank's points ``x`` (with ``estimator``'s refined q, if any), summed over ranks: (summary, metrics named PREFIX/NAME)."""
         with seeded_fork(pl_module.device, self.seed), _evaluation_mode(pl_module), torch.enable_grad():
-            report = gap_decomposition(model, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size, self.ais)
+            report = gap_decomposition(
+                model, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size, self.ais, estimator
+            )
         sums = report.sums()
         totals = trainer.strategy.reduce(torch.stack(list(sums.values())), reduce_op="sum")
         summary = summarize_sums(dict(zip(sums, totals)))
@@ -125,7 +136,7 @@ class AmortizationGap(DataCallback):
             return
         device = pl_module.device
         x = trainer.datamodule.splits[self.split][: self.num_points][trainer.global_rank :: trainer.world_size].to(device)
-        summary, metrics = self._measure(trainer, pl_module, pl_module.lvm, x, "gap")
+        summary, metrics = self._measure(trainer, pl_module, pl_module.lvm, x, "gap", pl_module.estimator)
         if self.family is not None:  # the same decoder with q* in another family, beside the encoder's (gap/FAMILY/…)
             metrics.update(self._measure(trainer, pl_module, in_family(pl_module.lvm, self.family), x, f"gap/{self.family}")[1])
         convergence = convergence_of(trainer)

@@ -21,23 +21,37 @@ from lvm_lightning.rng import seeded_fork
 MEAN_SAMPLES = 64  # draws per point for E_q[z] where q has no closed-form mean (a flow)
 
 
-def posterior_mean(q: Distribution, device: torch.device) -> Tensor:
-    """E_q[z] [B, d]: closed form where q has one, else the mean of MEAN_SAMPLES draws in a seeded fork of ``device``'s random stream."""
+def mean_and_error(q: Distribution, device: torch.device) -> tuple[Tensor, Tensor]:
+    """E_q[z] [B, d] and the variance of its Monte Carlo error [B, d]: the closed form (error 0) where q has one, else the mean of
+    MEAN_SAMPLES draws in a seeded fork of ``device``'s random stream (error Var_q(z)/MEAN_SAMPLES, estimated from the same draws)."""
     try:
-        return q.mean
+        mean = q.mean
+        return mean, torch.zeros_like(mean)
     except NotImplementedError:
         with seeded_fork(device, 0):
-            return q.sample((MEAN_SAMPLES,)).mean(0)
+            draws = q.sample((MEAN_SAMPLES,))
+        return draws.mean(0), draws.var(0) / MEAN_SAMPLES
 
 
-def _encoder_means(model: LatentVariableModel, x: Tensor, batch_size: int) -> Tensor:
-    """E_q[z] for every row of ``x``, shape [N, d], in batches (a continuous latent)."""
-    return torch.cat([posterior_mean(model.posterior(batch), x.device) for batch in x.split(batch_size)])
+def posterior_mean(q: Distribution, device: torch.device) -> Tensor:
+    """E_q[z] [B, d] (``mean_and_error``)."""
+    return mean_and_error(q, device)[0]
 
 
-def active_units(means: Tensor, threshold: float = 0.01) -> Tensor:
-    """Number of units u with A_u = Cov_x(E_q[z_u]) > threshold (Burda et al., 2016), from means [N, d]."""
-    return (means.var(0) > threshold).sum()
+def _encoder_means(model: LatentVariableModel, x: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """E_q[z] for every row of ``x`` and the variance of its Monte Carlo error, each [N, d], in batches (a continuous latent)."""
+    means, errors = zip(*(mean_and_error(model.posterior(batch), x.device) for batch in x.split(batch_size)))
+    return torch.cat(means), torch.cat(errors)
+
+
+def active_units(means: Tensor, threshold: float = 0.01, error: Optional[Tensor] = None) -> Tensor:
+    """Number of units u with A_u = Cov_x(E_q[z_u]) > threshold (Burda et al., 2016), from means [N, d].
+
+    ``error`` [N, d], the variance of each sampled mean's Monte Carlo error, is subtracted from the spread: uncorrected, a unit
+    whose q is its N(0, 1) prior would read Var_q(z_u)/S = 1/64 from the draws alone, above the threshold.
+    """
+    spread = means.var(0) if error is None else means.var(0) - error.mean(0)
+    return (spread > threshold).sum()
 
 
 @torch.no_grad()
@@ -101,7 +115,7 @@ class LatentScatter(DataCallback):
         if not self.active or not picture_due(trainer, self.every_n_epochs):
             return
         x = trainer.datamodule.splits["test"][: self.max_points].to(pl_module.device)
-        means = _encoder_means(pl_module.lvm, x, trainer.datamodule.eval_batch_size).cpu()
+        means = _encoder_means(pl_module.lvm, x, trainer.datamodule.eval_batch_size)[0].cpu()
         labels = trainer.datamodule.labels["test"][: len(means)]
         num_classes = int(labels.max()) + 1
         fig = Figure(figsize=(6, 5.5))
@@ -116,7 +130,8 @@ class LatentScatter(DataCallback):
 
 
 class ActiveUnits(DataCallback):
-    """Logs 'val/active_units': how many latent units have Cov_x(E_q[z_u]) > ``threshold`` over the validation split (continuous latents)."""
+    """Logs 'val/active_units': how many latent units have Cov_x(E_q[z_u]) > ``threshold`` over the validation split (continuous latents),
+    and for a hierarchical z each layer's count beside it, 'val/active_units/NAME' (``LatentVariableModel.latent_layers``)."""
 
     def __init__(self, threshold: float = 0.01) -> None:
         self.threshold = threshold
@@ -129,5 +144,7 @@ class ActiveUnits(DataCallback):
         if not self.active or trainer.sanity_checking:
             return
         datamodule = trainer.datamodule
-        means = _encoder_means(pl_module.lvm, datamodule.splits["val"].to(pl_module.device), datamodule.eval_batch_size)
-        pl_module.log("val/active_units", active_units(means, self.threshold).float(), sync_dist=True)
+        means, error = _encoder_means(pl_module.lvm, datamodule.splits["val"].to(pl_module.device), datamodule.eval_batch_size)
+        pl_module.log("val/active_units", active_units(means, self.threshold, error).float(), sync_dist=True)
+        for name, layer in pl_module.lvm.latent_layers().items():
+            pl_module.log(f"val/active_units/{name}", active_units(means[:, layer], self.threshold, error[:, layer]).float(), sync_dist=True)

@@ -24,6 +24,8 @@ def in_family(model: LatentVariableModel, name: str) -> LatentVariableModel:
     """The same prior, decoder and encoder (shared, not copied), with q_φ and q* in the posterior family ``name`` (models.builders.posterior_family)."""
     if not model.continuous:
         raise UsageError("a second posterior family applies to a continuous z: a categorical z has categorical posteriors")
+    if model.latent_layers():
+        raise UsageError("q* in a second family starts from q_φ's moments, which a hierarchical q_φ(z|x) has no closed form for: leave the family unset")
     if name == "flow":
         raise UsageError(
             "a coupling flow's q* needs its amortized flow: compare with --gap_family local_flow (a flow per point), or train with --model.lvm.posterior flow"

@@ -17,7 +17,7 @@ from torch.distributions import Distribution
 
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import AIS, Exact, ImportanceSampling, elbo, tractable
+from lvm_lightning.objectives import AIS, Estimator, Exact, ImportanceSampling, elbo, tractable
 from lvm_lightning.timing import timed
 
 # k for the refinement curve: roughly log-spaced, cut at the optimizer's step cap.
@@ -27,7 +27,8 @@ GAPS = ("elbo_amortized", "elbo_optimized", "log_px", "amortization_gap", "appro
 
 @dataclass
 class GapReport:
-    """Per point [N]: ELBO(q_φ), ELBO(q*), log p(x), ELBO after k steps of refinement from q_φ; q*'s fit; seconds of each inference."""
+    """Per point [N]: ELBO(q_φ), ELBO(q*), log p(x), ELBO after k steps of refinement from q_φ; q*'s fit; seconds of each inference;
+    ELBO of the training estimator's refined q where it refines q_φ (semi-amortized)."""
 
     elbo_amortized: Tensor
     elbo_optimized: Tensor
@@ -37,6 +38,7 @@ class GapReport:
     seconds_amortized: float
     seconds_optimized: float
     log_px_method: str
+    elbo_semi_amortized: Optional[Tensor] = None
 
     def per_point(self) -> dict[str, Tensor]:
         """Every per-point quantity [N], the two gaps included, by name."""
@@ -50,6 +52,8 @@ class GapReport:
             "converged": self.optimized.converged.to(self.log_px.dtype),
         }
         values.update({f"refined_elbo/k={k}": v for k, v in sorted(self.refined.items())})
+        if self.elbo_semi_amortized is not None:
+            values["elbo_semi_amortized"] = self.elbo_semi_amortized
         return values
 
     def sums(self) -> dict[str, Tensor]:
@@ -106,15 +110,18 @@ def gap_decomposition(
     refine_steps: Sequence[int] = (),
     chunk_size: Optional[int] = None,
     ais: Optional[AIS] = None,
+    estimator: Optional[Estimator] = None,
 ) -> GapReport:
     """ELBO(q_φ), ELBO(q*) and log p(x) on the points ``x``, with the ELBO after each k in ``refine_steps`` Adam steps from q_φ.
 
     ELBOs average ``elbo_samples`` log-weights (enumerated exactly for a categorical z); log p(x), where it has no closed form,
-    is importance-sampled from q* with ``log_px_samples``, or annealed from q* by ``ais`` where given. Put the model in
-    eval mode first: a decoder with batch-norm would otherwise update its running statistics.
+    is importance-sampled from q* with ``log_px_samples``, or annealed from q* by ``ais`` where given. Where the training
+    ``estimator`` refines q_φ (``Estimator.refined_posterior``, SA-VAE), the ELBO of its refined q too, between the two. Put the
+    model in eval mode first: a decoder with batch-norm would otherwise update its running statistics.
     """
     ks = sorted(set(refine_steps))
     from_encoder = optimizer.init == "encoder"
+    q_semi_amortized = estimator.refined_posterior(model, x) if estimator is not None else None
     with torch.no_grad():
         q_amortized, seconds_amortized = timed(lambda: model.posterior(x), x.device)
     # From the encoder, q*'s own run passes through every k; from the prior, refinement needs a run of its own.
@@ -131,6 +138,7 @@ def gap_decomposition(
             seconds_amortized=seconds_amortized,
             seconds_optimized=seconds_optimized,
             log_px_method=log_px_method(model, log_px_samples, ais),
+            elbo_semi_amortized=None if q_semi_amortized is None else elbo(model, x, q_semi_amortized, elbo_samples),
         )
 
 

@@ -132,6 +132,9 @@ class LocalOptimizer:
             )
         if self.bound == "iwae" and model.discrete:
             raise UsageError("bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO")
+        if self.init == "prior":
+            with torch.no_grad():
+                model.encoder.prior_params(model.prior())  # raises UsageError where the encoder's family cannot hold the prior
 
     def fit(self, model: LatentVariableModel, x: Tensor, record_at: Sequence[int] = ()) -> LocalResult:
         """Optimizes every point's λ from ``initial_params``; ``record_at`` keeps a copy of λ after each listed step count."""

@@ -20,6 +20,7 @@ from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import CategoricalPrior, IndependentCategoricalPrior, StandardNormalPrior
+from lvm_lightning.models.vamp import VampPrior
 
 Network = Literal["mlp", "conv"]
 Posterior = Literal["diagonal", "full", "flow", "local_flow"]
@@ -214,7 +215,8 @@ class VAE(LatentVariableModel):
     ``posterior`` 'full' makes q_φ a Gaussian with every correlation, 'flow' a coupling flow, 'local_flow' a sinh-arcsinh flow
     whose every parameter comes from the network (models/flows.py).
     ``network`` 'conv' uses stride-2 convolutions over images of ``image_shape`` (C, H, W); then
-    ``encoder_hidden`` and ``decoder_hidden`` are their channels.
+    ``encoder_hidden`` and ``decoder_hidden`` are their channels. ``num_pseudo_inputs`` C replaces N(0, I) by the VampPrior
+    (1/C) Σ_c q_φ(z|u_c) with C learned pseudo-inputs u_c (models/vamp.py).
     """
 
     def __init__(
@@ -229,12 +231,14 @@ class VAE(LatentVariableModel):
         network: Network = "mlp",
         image_shape: Optional[Sequence[int]] = None,
         posterior: Posterior = "diagonal",
+        num_pseudo_inputs: Optional[int] = None,
     ) -> None:
         family = posterior_family(posterior, latent_dim)
         decoder, encoder = conditionals(
             data_dim, latent_dim, family, likelihood, decoder_std, encoder_hidden, decoder_hidden, activation, False, network, image_shape
         )
-        super().__init__(StandardNormalPrior(latent_dim), decoder, encoder, data_dim)
+        prior = StandardNormalPrior(latent_dim) if num_pseudo_inputs is None else VampPrior(encoder, num_pseudo_inputs, data_dim)
+        super().__init__(prior, decoder, encoder, data_dim)
 
 
 class LinearGaussian(LatentVariableModel):

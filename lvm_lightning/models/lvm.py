@@ -70,6 +70,10 @@ class LatentVariableModel(nn.Module):
     def initialize(self, x: Tensor) -> None:
         """Sets parameters from the training rows ``x`` [N, D] once, before training (a mixture's k-means start); by default the weights keep their random start."""
 
+    def latent_layers(self) -> dict[str, slice]:
+        """A hierarchical z's stochastic layers by name, as slices of its last dimension; empty for a one-layer z."""
+        return {}
+
     def marginal(self) -> Optional[Distribution]:
         """p_θ(x) in closed form, for models that have one (the linear-Gaussian model); None otherwise."""
         return None

@@ -21,6 +21,7 @@ from lvm_lightning.objectives.estimators import (
     tractable,
 )
 from lvm_lightning.objectives.psis import pareto_k
+from lvm_lightning.objectives.semi_amortized import SemiAmortized
 
 __all__ = [
     "AIS",
@@ -33,6 +34,7 @@ __all__ = [
     "Objective",
     "PriorSampling",
     "SampledEstimator",
+    "SemiAmortized",
     "amortized_elbo",
     "annealing_schedule",
     "applies",

@@ -112,6 +112,10 @@ class Estimator:
             return wake_objective(model, x)
         return amortized_elbo(model, x)
 
+    def refined_posterior(self, model: LatentVariableModel, x: Tensor) -> Optional[Distribution]:
+        """The q(z|x) this estimator refines q_φ(z|x) into for the points ``x`` (semi-amortized inference); None when it trains on q_φ itself."""
+        return None
+
     def stderr(self, estimate: Estimate) -> Tensor:
         """The standard error of log p̂(x) per point: how far a repeat of the estimate would move."""
         return torch.zeros_like(estimate.log_px)
