@@ -256,14 +256,24 @@ def load_data(checkpoint: dict[str, Any], source: str, trusted: Sequence[str] = 
             continue
         default = found.cls.machine_arguments[name]
         if default is REQUIRED:
+            where = stored_file(checkpoint, found.cls, name) or found.args.get(name)
             raise UsageError(
-                f"this run's {found.cls.__name__} read {name} {found.args.get(name)!r} on the machine that trained it, which evaluation "
+                f"this run's {found.cls.__name__} read {name} {where!r} on the machine that trained it, which evaluation "
                 f"does not open on a checkpoint's word: pass --data_{name} (the same file to score its test split, or another)"
             )
         found.args[name] = default
     datamodule = found.build()
     datamodule.setup("test")
     return datamodule
+
+
+def stored_file(checkpoint: dict[str, Any], cls: type, name: str, key: str = "path") -> Optional[str]:
+    """What the data module's checkpointed state says of the file it read as argument ``name`` ('path': where, resolved; 'sha256': its rows)."""
+    state = checkpoint.get(cls.__qualname__)
+    files = state.get("files") if isinstance(state, dict) else None
+    entry = files.get(name) if isinstance(files, dict) else None
+    value = entry.get(key) if isinstance(entry, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def check_training_state(checkpoint: dict[str, Any], module: pl.LightningModule, source: str) -> None:

@@ -24,7 +24,8 @@ from lightning_fabric import Fabric
 from torch import Tensor
 
 from lvm_lightning.callbacks.convergence import convergence_note
-from lvm_lightning.data import load_array, true_log_prob
+from lvm_lightning.cross_check import cross_check
+from lvm_lightning.data import true_log_prob
 from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_process_group_setup
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.evaluation import PerPoint, estimate_all
@@ -33,7 +34,7 @@ from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_g
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import AIS, Estimator, evaluation_estimators, simulate
 from lvm_lightning.rng import batch_seed, seeded_fork
-from lvm_lightning.runs import load_run, run_data
+from lvm_lightning.runs import file_rows, load_run, run_data
 from lvm_lightning.timing import timed
 
 Batches = list[dict[str, PerPoint]]  # estimate_all's results, one entry per batch of the data in order
@@ -71,7 +72,10 @@ def summarize_estimates(batches: Batches, estimators: list[Estimator]) -> dict[s
     for name, first in batches[0].items():
         entry = summarize(torch.cat([batch[name].log_px for batch in batches]))
         entry["num_samples"] = first.num_samples
-        entry.update({key: torch.cat([batch[name].diagnostics[key] for batch in batches]).mean().item() for key in first.diagnostics})
+        diagnostics = {key: torch.cat([batch[name].diagnostics[key] for batch in batches]) for key in first.diagnostics}
+        entry.update({key: values.mean().item() for key, values in diagnostics.items()})
+        if "pareto_k" in diagnostics:
+            entry["pareto_k_max"] = diagnostics["pareto_k"].max().item()  # the worst point, beside the mean
         results[name] = entry
     for estimator in estimators:
         if estimator.settings():
@@ -231,8 +235,7 @@ def evaluate_checkpoint(
             gap_points = 0
     datamodule = None
     if data_path is not None:
-        x = load_array(data_path)
-        report["data"] = {"path": data_path}
+        x, report["data"] = file_rows(checkpoint, checkpoint_path, data_path, trust)
     else:
         datamodule = run_data(checkpoint, checkpoint_path, trust, data_root)
         x = datamodule.splits["test"]
@@ -249,6 +252,13 @@ def evaluate_checkpoint(
         by_index, seconds = timed(lambda: estimate_batches(model, x, chosen, batch_size, seed), x.device)
         batches, memory = [by_index[index] for index in sorted(by_index)], peak_memory(x.device)
     report["estimates"] = summarize_estimates(batches, chosen)
+    verdict = cross_check(
+        chosen,
+        {name: torch.cat([batch[name].log_px for batch in batches]) for name in batches[0]},
+        {name: {key: torch.cat([batch[name].diagnostics[key] for batch in batches]) for key in first.diagnostics} for name, first in batches[0].items()},
+    )
+    report["tightest"] = {"estimator": verdict.tightest, "mean": verdict.mean, "stderr": verdict.stderr}
+    report["warnings"] = verdict.warnings
     report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), "devices": devices, **memory}
     with seeded_fork(x.device, seed):  # the caller's stream untouched
         if gap_points > 0:
@@ -331,10 +341,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         torch.set_flush_denormal(True)  # tiny importance weights: see LVMModule.setup
         report = evaluate_checkpoint(**args)
     print(format_table(report))
+    for line in report["warnings"]:
+        print(line, file=sys.stderr)
     if "bdmc" in report:
         print(format_bdmc(report["bdmc"]))
     if "gaps" in report:
         print(format_gaps(report["gaps"]))
+        if "warning" in report["gaps"]:
+            print(f"warning: {report['gaps']['warning']}", file=sys.stderr)
     if "gaps_in_family" in report:
         print(format_gap_columns({"q* in the encoder's family": report["gaps"], f"q* {report['gaps_in_family']['family']}": report["gaps_in_family"]}))
     if output:

@@ -111,6 +111,8 @@ class LVMModule(pl.LightningModule):
         # waits for the steps that log (a NaN in between reaches the weights; on_train_epoch_end stops it there).
         if (logs or self.device.type == "cpu") and not bool(torch.isfinite(loss)):
             terms = self.lvm.nonfinite_terms(x)
+            if self.global_step == 0:  # no update has happened: the model, not the step size, gives it
+                raise UsageError(first_step_fault(terms, type(self.lvm).__name__, type(self.estimator).__name__))
             which = f"{' and '.join(terms)} non-finite" if terms else "each term finite at a fresh draw, the estimate's reduction not"
             raise self._nonfinite_stop(f"the training loss became NaN or infinite ({which})")
         if logs:
@@ -125,8 +127,9 @@ class LVMModule(pl.LightningModule):
         data = self.trainer.datamodule
         largest = float(data.splits["train"].abs().max()) if isinstance(data, SplitData) else None
         scale = f"; largest |x| in the training split {largest:.3g}" if largest is not None else ""
-        # Data of moderate scale point at the step size; large or unknown scale at the data first.
-        advice = "Lower --model.lr" if largest is not None and largest < 1e3 else "Standardize the data, e.g. (x - mean) / std, or lower --model.lr"
+        # Data of moderate scale (or in standard units) point at the step size; large or unknown scale at the data first.
+        scaled = largest is not None and (largest < 1e3 or self.lvm.units.active)
+        advice = "Lower --model.lr" if scaled else "Standardize the data (--data.standardize true), or lower --model.lr"
         return UsageError(f"{what} at step {self.global_step} (epoch {self.current_epoch}){scale}; last good checkpoint: {last or 'none yet'}. {advice}")
 
     @torch.no_grad()
@@ -183,19 +186,21 @@ class LVMModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
 
-    def check_values(self, x: Tensor, where: str, hint: str = TRAINING_HINT) -> None:
-        """Raises UsageError, ending with ``hint``, unless the rows of ``x`` have the decoder's event shape and lie in the support its likelihood declares."""
+    def check_values(self, x: Tensor, where: str, hint: str = TRAINING_HINT, standardized: bool = False) -> None:
+        """Raises UsageError, ending with ``hint``, unless the rows of ``x`` have the decoder's event shape and lie in the support its
+        likelihood declares; their magnitude matters only where the model sees them as they are (not ``standardized``, units off)."""
         with torch.no_grad():
-            likelihood = self.lvm.decoder(self.lvm.prior().sample((1,)).to(self.device))
+            likelihood = self.lvm.likelihood(self.lvm.prior().sample((1,)).to(self.device))
         if tuple(x.shape[1:]) != tuple(likelihood.event_shape):
             raise UsageError(f"{where} has rows of shape {tuple(x.shape[1:])} but the model's decoder gives {tuple(likelihood.event_shape)}: {hint}")
-        check_support(likelihood, x, where, hint)  # the support's check reads x alone: no copy to the model's device
+        scaled = standardized or self.lvm.units.active
+        check_support(likelihood, x, where, hint, scaled)  # the support's check reads x alone: no copy to the model's device
 
     def check_data(self, data: SplitData) -> None:
         """``check_values`` on every stored split; one with a per-batch transform (dynamic binarization) is skipped: its batches, not its stored values, meet the model."""
         for name, split in data.splits.items():
             if data.transform(name) is None:
-                self.check_values(split, f"the {name} split")
+                self.check_values(split, f"the {name} split", standardized=getattr(data, "standardize", False))
 
     def setup(self, stage: str) -> None:
         destroy_process_group_at_exit()  # under DDP on gloo; a no-op otherwise
@@ -225,10 +230,13 @@ class LVMModule(pl.LightningModule):
             # Stepped after each validation with its value of the monitored estimate (Lightning reads it from the logged metrics);
             # with validation off (limit_val_batches 0) Lightning warns and the lr stays, rather than stopping the run.
             scheduler = ReduceLROnPlateau(optimizer, **PLATEAU)
-            every = self.trainer.check_val_every_n_epoch or 1
+            # Stepped at each validation: every check_val_every_n_epoch epochs, or every val_check_interval steps where validation
+            # runs by steps across epochs (check_val_every_n_epoch null: the same cadence whatever the data's size).
+            every_epochs = self.trainer.check_val_every_n_epoch
+            interval, every = ("epoch", every_epochs) if every_epochs is not None else ("step", int(self.trainer.val_check_interval))
             return {
                 "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": PLATEAU_MONITOR, "interval": "epoch", "frequency": every, "strict": False},
+                "lr_scheduler": {"scheduler": scheduler, "monitor": PLATEAU_MONITOR, "interval": interval, "frequency": every, "strict": False},
             }
         # Burda et al. (2016): 3^i epochs at lr·10^(−i/7), i = 0..7; LambdaLR steps once per epoch.
         return {"optimizer": optimizer, "lr_scheduler": LambdaLR(optimizer, burda_lr_factor)}
@@ -254,7 +262,10 @@ class LVMModule(pl.LightningModule):
         # training stream as without it.
         with seeded_fork(self.device, torch.initial_seed()):
             x, transform = data.splits["train"].to(self.device), data.transform("train")
-            self.lvm.initialize(transform(x) if transform is not None else x)
+            x = transform(x) if transform is not None else x
+            if getattr(data, "standardize", False):
+                self.lvm.standardize(x)
+            self.lvm.initialize(x)
 
     def on_train_start(self) -> None:
         # Lightning restores weights, optimizer and loops but not torch's RNG: without it a resumed run would draw other
@@ -279,6 +290,28 @@ class LVMModule(pl.LightningModule):
         # [W, n] under DDP; [1, n] in one process, or where no process group is up (a ddp_spawn trainer's main process).
         gather = self.trainer.strategy.all_gather
         checkpoint["rng_state"] = {name: gather(state.to(self.device)).reshape(-1, state.numel()).cpu() for name, state in states.items()}
+
+
+PARTS_OF_TERMS = {
+    "log q(z|x)": "the encoder q_φ(z|x)",
+    "log p(z)": "the prior p(z)",
+    "log p(x|z)": "the decoder p_θ(x|z)",
+    "the weights": "the initial weights",
+}
+
+
+def first_step_fault(terms: list[str], model: str, estimator: str) -> str:
+    """What to blame when the loss is NaN or infinite before the first update: the parts whose terms are not finite (``nonfinite_terms``)."""
+    if not terms:
+        return (
+            f"the training loss is NaN or infinite at the first step, before any update, though every term of {model} is finite on the batch: "
+            f"{estimator}'s reduction of them is at fault (e.g. all weights zero), not the learning rate"
+        )
+    parts = " and ".join(f"{term} from {PARTS_OF_TERMS.get(term, term)}" for term in terms)
+    return (
+        f"the training loss is NaN or infinite at the first step, before any update: {parts} of {model} is not finite on the first batch, "
+        "so that part (or the data it reads) is at fault, not the learning rate: check what it returns for these data"
+    )
 
 
 def own_state(states: Tensor, rank: int) -> Tensor:

@@ -35,6 +35,7 @@ class ExactPosterior(LatentVariableModel):
         if not isinstance(model.prior(), Categorical):
             raise UsageError("the exact posterior is enumerated over one categorical z: it needs a MixtureModel")
         super().__init__(model.prior, model.decoder, model.encoder)
+        self.units = model.units
 
     def posterior(self, x: Tensor, frozen: bool = False) -> Distribution:
         """Categorical(p(z|x)) with logits log p(x, z) [B, C] (it has no φ: ``frozen`` changes nothing)."""

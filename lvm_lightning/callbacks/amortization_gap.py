@@ -14,7 +14,7 @@ from lvm_lightning.callbacks.convergence import convergence_of
 from lvm_lightning.callbacks.due import DataCallback
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, in_family, summarize_sums
+from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, in_family, summarize_sums, unconverged_warning
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import AIS, Estimator
 from lvm_lightning.rng import seeded_fork
@@ -92,7 +92,7 @@ class AmortizationGap(DataCallback):
         self.elbo_samples, self.log_px_samples, self.chunk_size = elbo_samples, log_px_samples, chunk_size
         self.refine_steps = [k for k in refine_steps if k <= optimizer.max_steps]
         self.optimizer, self.ais, self.family = optimizer, ais, family
-        self._said_unconverged = False  # once a run
+        self._said_unconverged = self._said_q_star = False  # once a run
 
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
         if self.every_n_epochs <= 0:
@@ -139,6 +139,10 @@ class AmortizationGap(DataCallback):
         summary, metrics = self._measure(trainer, pl_module, pl_module.lvm, x, "gap", pl_module.estimator)
         if self.family is not None:  # the same decoder with q* in another family, beside the encoder's (gap/FAMILY/…)
             metrics.update(self._measure(trainer, pl_module, in_family(pl_module.lvm, self.family), x, f"gap/{self.family}")[1])
+        warning = unconverged_warning(float(summary["converged"]), self.num_points, self.optimizer.max_steps)
+        if warning is not None and not self._said_q_star and trainer.is_global_zero:
+            print(f"warning: epoch {trainer.current_epoch}: {warning}", file=sys.stderr, flush=True)
+            self._said_q_star = True
         convergence = convergence_of(trainer)
         if convergence is not None:
             # The gap of a model still improving is not the converged model's (the linear-Gaussian model's shrinks to 0): said with it.

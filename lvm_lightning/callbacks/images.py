@@ -57,13 +57,13 @@ def active_units(means: Tensor, threshold: float = 0.01, error: Optional[Tensor]
 @torch.no_grad()
 def reconstructions(model: LatentVariableModel, x: Tensor) -> Tensor:
     """E[x | z], z ~ q_φ(z|x): the decoder's means (probabilities for Bernoulli pixels), shape [B, D]."""
-    return model.decoder(model.posterior(x).sample()).mean
+    return model.likelihood(model.posterior(x).sample()).mean
 
 
 @torch.no_grad()
 def prior_means(model: LatentVariableModel, num: int) -> Tensor:
     """E[x | z], z ~ p(z), shape [num, D]."""
-    return model.decoder(model.prior().sample((num,))).mean
+    return model.likelihood(model.prior().sample((num,))).mean
 
 
 def image_grid(rows: Tensor, image_shape: tuple[int, ...], nrow: int) -> Tensor:

@@ -107,8 +107,11 @@ class InMemoryDataModule(pl.LightningDataModule):
     machine_arguments: ClassVar[dict[str, Any]] = {}
     true_density: Optional[Distribution] = None  # the data's own distribution, where known
 
-    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0, in_memory: bool = True) -> None:
+    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, seed: int = 0, in_memory: bool = True, standardize: Optional[bool] = False) -> None:
         super().__init__()
+        # Whether the model should work in standard units (models/units.py); None: yes unless every value is in [0, 1] (binary or grey
+        # levels, which the Bernoulli likelihoods need as they are). Resolved once the splits are loaded.
+        self.standardize = standardize
         if batch_size < 1 or eval_batch_size < 1:
             raise UsageError(f"batch sizes must be >= 1, got batch_size={batch_size} and eval_batch_size={eval_batch_size}")
         self.batch_size, self.eval_batch_size, self.seed, self.in_memory = batch_size, eval_batch_size, seed, in_memory
@@ -131,6 +134,9 @@ class InMemoryDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
+            if self.standardize is None:
+                train = self.splits["train"]
+                self.standardize = not bool(((train >= 0) & (train <= 1)).all())
         if self.in_memory and self.trainer is not None:
             device = self.trainer.strategy.root_device
             self.splits = {name: split.to(device) for name, split in self.splits.items()}

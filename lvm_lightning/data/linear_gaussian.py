@@ -1,5 +1,7 @@
 """Synthetic data from a linear-Gaussian model x = Wz + b + ε, whose density N(b, WWᵀ + σ²I) is known."""
 
+from typing import Optional
+
 import torch
 from torch.distributions import MultivariateNormal
 
@@ -21,8 +23,9 @@ class LinearGaussianData(SyntheticData):
         batch_size: int = 256,
         eval_batch_size: int = 2048,
         seed: int = 0,
+        standardize: Optional[bool] = None,
     ) -> None:
-        super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed)
+        super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed, standardize)
         if dim < 1 or latent_dim < 1 or noise_std <= 0:
             raise UsageError("dim, latent_dim and noise_std must be positive")
         self.save_hyperparameters()

@@ -1,7 +1,7 @@
 """Synthetic data from a Gaussian mixture whose density is known exactly."""
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
@@ -27,8 +27,9 @@ class GaussianMixtureData(SyntheticData):
         batch_size: int = 256,
         eval_batch_size: int = 2048,
         seed: int = 0,
+        standardize: Optional[bool] = None,
     ) -> None:
-        super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed)
+        super().__init__(num_train, num_val, num_test, batch_size, eval_batch_size, seed, standardize)
         if num_clusters < 1 or dim < 1 or cluster_std <= 0:
             raise UsageError("num_clusters, dim and cluster_std must be positive")
         if layout == "ring" and dim < 2:

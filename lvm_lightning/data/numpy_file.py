@@ -1,7 +1,8 @@
 """The user's own data: an N×D float array in a .npy file, split deterministically or given per split."""
 
+import hashlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -10,6 +11,13 @@ from torch import Tensor
 from lvm_lightning.data.in_memory import InMemoryDataModule
 from lvm_lightning.data.protocol import REQUIRED
 from lvm_lightning.errors import UsageError
+
+
+def fingerprint(rows: Tensor) -> str:
+    """SHA-256 of an array's shape and float32 values: the same rows give the same string wherever the file lies."""
+    digest = hashlib.sha256(str(tuple(rows.shape)).encode())
+    digest.update(rows.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_array(path: str) -> Tensor:
@@ -43,7 +51,10 @@ def load_array(path: str) -> Tensor:
 
 
 class NumpyData(InMemoryDataModule):
-    """Rows of ``path`` split at random (seeded) into train/val/test, unless val_path and test_path are given."""
+    """Rows of ``path`` split at random (seeded) into train/val/test, unless val_path and test_path are given.
+
+    ``standardize`` (None: unless every value is in [0, 1]): the model works in standard units, the map fitted to the training
+    split and kept in the checkpoint, and reports every log p(x) in the file's own units (models/units.py)."""
 
     machine_arguments = {"path": REQUIRED, "val_path": None, "test_path": None}
 
@@ -57,8 +68,9 @@ class NumpyData(InMemoryDataModule):
         batch_size: int = 256,
         eval_batch_size: int = 1024,
         seed: int = 0,
+        standardize: Optional[bool] = None,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, seed)
+        super().__init__(batch_size, eval_batch_size, seed, standardize=standardize)
         self.save_hyperparameters()
         if (val_path is None) != (test_path is None):
             raise UsageError("give both --data.val_path and --data.test_path, or neither to split --data.path")
@@ -72,6 +84,15 @@ class NumpyData(InMemoryDataModule):
                 raise UsageError(f"the split files have different numbers of columns {widths}: they must share D")
         elif len(self.arrays["train"]) < 3:
             raise UsageError(f"{path!r} has {len(self.arrays['train'])} rows: at least 3 are needed to split train/val/test")
+        given = {"path": (path, "train"), "val_path": (val_path, "val"), "test_path": (test_path, "test")}
+        # Kept in the checkpoint: where each file was, resolved, and what it held, so that evaluation can tell the run's own file.
+        self.files = {
+            name: {"path": str(Path(file).expanduser().resolve()), "sha256": fingerprint(self.arrays[split])} for name, (file, split) in given.items() if file
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The files the run read: {argument: {'path': resolved, 'sha256': ``fingerprint`` of its rows}}."""
+        return {"files": self.files}
 
     @property
     def data_dim(self) -> int:

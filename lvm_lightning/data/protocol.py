@@ -15,7 +15,9 @@ class SplitData(Protocol):
     ``transform(split)``, applied to every batch drawn from a split (None: batches are the stored values).
     ``InMemoryDataModule`` implements it; a data module of your own can too. A class attribute ``machine_arguments``
     {name: value} lists the constructor arguments that are the machine's rather than the run's (folders, files, downloads):
-    rebuilt from a checkpoint, the data module takes those values (or the user's), never the stored ones.
+    rebuilt from a checkpoint, the data module takes those values (or the user's), never the stored ones. An attribute
+    ``standardize`` (True) asks the model to work in standard units (``LatentVariableModel.standardize``), its map fitted to
+    the training split at the start of training.
     """
 
     splits: dict[str, Tensor]

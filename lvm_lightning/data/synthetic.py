@@ -1,5 +1,7 @@
 """Base class for synthetic data drawn from a known distribution, so the true log-density is available."""
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
@@ -19,8 +21,10 @@ class SyntheticData(InMemoryDataModule):
         """The generating distribution: log p_data(x) is known exactly."""
         return self.distribution
 
-    def __init__(self, num_train: int, num_val: int, num_test: int, batch_size: int, eval_batch_size: int, seed: int) -> None:
-        super().__init__(batch_size, eval_batch_size, seed)
+    def __init__(
+        self, num_train: int, num_val: int, num_test: int, batch_size: int, eval_batch_size: int, seed: int, standardize: Optional[bool] = None
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, seed, standardize=standardize)
         if min(num_train, num_val, num_test) < 1:
             raise UsageError("num_train, num_val and num_test must be positive")
         self.sizes = [num_train, num_val, num_test]

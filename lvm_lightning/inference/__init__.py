@@ -11,6 +11,7 @@ from lvm_lightning.inference.gaps import (
     log_marginal,
     summarize_sums,
     tractable,
+    unconverged_warning,
 )
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 
@@ -28,4 +29,5 @@ __all__ = [
     "log_marginal",
     "summarize_sums",
     "tractable",
+    "unconverged_warning",
 ]

@@ -31,4 +31,6 @@ def in_family(model: LatentVariableModel, name: str) -> LatentVariableModel:
             "a coupling flow's q* needs its amortized flow: compare with --gap_family local_flow (a flow per point), or train with --model.lvm.posterior flow"
         )
     family = posterior_family(name, model.prior().event_shape[0]).to(next(model.parameters()).device)
-    return LatentVariableModel(model.prior, model.decoder, Conditional(InFamily(model.encoder, family), family))
+    view = LatentVariableModel(model.prior, model.decoder, Conditional(InFamily(model.encoder, family), family))
+    view.units = model.units  # the same data, in the same units
+    return view

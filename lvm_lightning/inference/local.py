@@ -35,10 +35,11 @@ class LocalResult:
 
 
 class _RowAdam:
-    """Adam ascent on rows of λ that all took the same number of steps, so one bias correction serves them all."""
+    """Adam ascent on rows of λ that all took the same number of steps, so one bias correction serves them all; each row has its own step size."""
 
     def __init__(self, params: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        self.lr, self.betas, self.eps = lr, betas, eps
+        self.betas, self.eps = betas, eps
+        self.lr = torch.full((len(params), 1), lr, dtype=params.dtype, device=params.device)
         self.m, self.v = torch.zeros_like(params), torch.zeros_like(params)
 
     def ascend(self, params: Tensor, grad: Tensor, step: int) -> Tensor:
@@ -47,11 +48,15 @@ class _RowAdam:
         self.m.lerp_(grad, 1 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (self.v / (1 - b2**step)).sqrt_().add_(self.eps)
-        return params.addcdiv(self.m, denom, value=self.lr / (1 - b1**step))
+        return params + self.lr / (1 - b1**step) * self.m / denom
+
+    def decay(self, rows: Tensor, factor: float) -> None:
+        """Multiply the step size of the rows where ``rows`` [R] is true by ``factor``."""
+        self.lr = torch.where(rows[:, None], self.lr * factor, self.lr)
 
     def keep(self, rows: Tensor) -> None:
-        """Drop the moments of every row not in ``rows`` (indices into the current rows)."""
-        self.m, self.v = self.m[rows], self.v[rows]
+        """Drop the moments and step sizes of every row not in ``rows`` (indices into the current rows)."""
+        self.m, self.v, self.lr = self.m[rows], self.v[rows], self.lr[rows]
 
 
 @dataclass
@@ -67,26 +72,34 @@ class LocalOptimizer:
 
     Stops a point (``stopping="point"``) or the whole batch (``"batch"``) by the plateau rule of
     Cremer et al. (2018): every ``check_every`` steps the bound averaged over those steps is
-    compared with its best so far, and after ``patience`` checks without improvement it stops;
-    ``max_steps`` caps it. The defaults are a cheap budget (seconds on a CPU), shared by the
-    gap callback and ``evaluate``; Cremer et al.'s is max_steps=5000, check_every=100, patience=10. A categorical q uses the exact enumerated ELBO (its optimum is the
-    exact posterior, so the IWAE option does not apply).
+    compared with its best so far; at each check without a rise of more than ``tolerance`` nats its
+    step size is multiplied by ``decay`` (Adam's jitter at a fixed step size keeps λ a step away from
+    the optimum), and after ``patience`` such checks it stops (a noise-free bound rises by ever
+    smaller amounts and would never stop without a tolerance); ``max_steps`` is the budget of the points that do not, which then count as
+    unconverged. Points stop one by one, so the budget costs only the slow points; the defaults,
+    shared by the gap callback and ``evaluate``, stop most points of the shipped models in a few
+    hundred steps; Cremer et al.'s are max_steps=5000, check_every=100, patience=10. A categorical
+    q uses the exact enumerated ELBO (its optimum is the exact posterior, so the IWAE option does not apply).
     """
 
     num_samples: int = 10
     bound: Bound = "elbo"
     init: Init = "encoder"
     lr: Optional[float] = None  # None: step_size(model)
-    max_steps: int = 500
+    max_steps: int = 2000
     check_every: int = 50
     patience: int = 5
+    tolerance: float = 1e-5
+    decay: float = 0.5
     stopping: Stopping = "point"
     gradient: Gradient = "stl"
     precision: Precision = "32"
 
     def __post_init__(self) -> None:
-        if min(self.num_samples, self.max_steps, self.check_every, self.patience) < 1 or not (self.lr is None or self.lr > 0):
-            raise UsageError("num_samples, max_steps, check_every and patience must be >= 1 and lr > 0")
+        if min(self.num_samples, self.max_steps, self.check_every, self.patience) < 1 or not (self.lr is None or self.lr > 0) or not self.tolerance >= 0:
+            raise UsageError("num_samples, max_steps, check_every and patience must be >= 1, lr > 0 and tolerance >= 0")
+        if not 0 < self.decay <= 1:
+            raise UsageError(f"decay must be in (0, 1] (1: a constant step size), got {self.decay}")
         choices = {"bound": Bound, "init": Init, "stopping": Stopping, "gradient": Gradient, "precision": Precision}
         for name, allowed in ((name, get_args(literal)) for name, literal in choices.items()):
             value = getattr(self, name)
@@ -106,14 +119,14 @@ class LocalOptimizer:
 
     def posterior(self, model: LatentVariableModel, params: Tensor) -> Distribution:
         """q_λ for parameter rows ``params`` [N, P], through the encoder's family."""
-        return model.encoder.distribution(params)
+        return model.posterior_from(params)
 
     @torch.no_grad()
     def initial_params(self, model: LatentVariableModel, x: Tensor) -> Tensor:
         """λ⁰ [N, P]: the encoder's output, or the parameters that make q_λ the prior."""
         if self.init == "encoder":
-            return model.encoder.params(x).detach()
-        return model.encoder.prior_params(model.prior()).detach().expand(len(x), -1).clone()
+            return model.posterior_params(x).detach()
+        return model.prior_params().detach().expand(len(x), -1).clone()
 
     def objective(self, model: LatentVariableModel, x: Tensor, params: Tensor) -> Tensor:
         """L(λ_i; x_i) per point [N], θ held constant."""
@@ -134,7 +147,7 @@ class LocalOptimizer:
             raise UsageError("bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO")
         if self.init == "prior":
             with torch.no_grad():
-                model.encoder.prior_params(model.prior())  # raises UsageError where the encoder's family cannot hold the prior
+                model.prior_params()  # raises UsageError where the encoder's family cannot hold the prior
 
     def fit(self, model: LatentVariableModel, x: Tensor, record_at: Sequence[int] = ()) -> LocalResult:
         """Optimizes every point's λ from ``initial_params``; ``record_at`` keeps a copy of λ after each listed step count."""
@@ -169,7 +182,7 @@ class LocalOptimizer:
             params.index_copy_(0, active, rows)
             steps[active] = step
             if step % self.check_every == 0:
-                keep = self._plateau(window / self.check_every, best, stale, active)
+                keep = self._plateau(window / self.check_every, best, stale, active, adam)
                 active, rows, x_rows = active[keep], rows[keep], x_rows[keep]
                 adam.keep(keep)
                 window = torch.zeros(len(active), dtype=params.dtype, device=x.device)
@@ -179,12 +192,14 @@ class LocalOptimizer:
             snapshots.setdefault(k, params.clone())
         return LocalResult(params, steps, stale >= self.patience, snapshots)
 
-    def _plateau(self, mean: Tensor, best: Tensor, stale: Tensor, active: Tensor) -> Tensor:
-        """Updates best and stale for the active points from this window's mean bound; returns which of them go on."""
+    def _plateau(self, mean: Tensor, best: Tensor, stale: Tensor, active: Tensor, adam: _RowAdam) -> Tensor:
+        """Updates best and stale for the active points from this window's mean bound, decays the step size of those that did not
+        improve, and returns which of them go on."""
         if self.stopping == "batch":
             # One shared record: every active point carries the batch mean.
             mean = mean.mean().expand_as(mean)
-        improved = mean > best[active]
+        improved = mean > best[active] + self.tolerance
         best[active] = torch.where(improved, mean, best[active])
         stale[active] = torch.where(improved, 0, stale[active] + 1)
+        adam.decay(~improved, self.decay)
         return (stale[active] < self.patience).nonzero().squeeze(-1)

@@ -135,14 +135,18 @@ class MixtureModel(LatentVariableModel):
             image_shape,
         )
         super().__init__(CategoricalPrior(num_components, learn=learn_prior), decoder, encoder, data_dim)
+        self.common_scale = decoder_std != "learned"  # one σ for every column stays one σ only under one scale
         self.init = "kmeans" if init == "auto" and table else "random" if init == "auto" else init
         self.num_components, self.n_init = num_components, n_init
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """With init 'kmeans': the components from k-means clusters of the training rows ``x`` [N, D], the best of n_init runs by mean log p(x)."""
+        """The data start of every model, then with init 'kmeans' the components from k-means clusters of the training rows ``x``
+        [N, D] (in standard units), the best of n_init runs by mean log p(x)."""
+        super().initialize(x)
         if self.init != "kmeans":
             return
+        x = self.units.standardize(x)
         if len(x) > INIT_ROWS:
             x = x[torch.randperm(len(x), device=x.device)[:INIT_ROWS]]
         runs = [
@@ -248,6 +252,8 @@ class LinearGaussian(LatentVariableModel):
     'full' gives q_φ every correlation: the true posterior N(Σ Wᵀ(x − b)/σ², Σ), Σ = (I + WᵀW/σ²)⁻¹, is then in the family.
     """
 
+    common_scale = True  # isotropic noise in standard units is isotropic in the data's only under one scale for all columns
+
     def __init__(
         self,
         data_dim: int = 2,
@@ -280,7 +286,7 @@ class LinearGaussian(LatentVariableModel):
         return family.log_std.exp() if family.std == "shared" else torch.tensor(float(family.std)).to(self.weight)
 
     def marginal(self) -> Distribution:
-        """p(x) = N(b, W Wᵀ + σ² I)."""
+        """p(x) = N(b, W Wᵀ + σ² I) in standard units, mapped to the data's."""
         W = self.weight
         eye = torch.eye(W.shape[0], dtype=W.dtype, device=W.device)
-        return MultivariateNormal(self.bias, covariance_matrix=W @ W.T + self.noise_std**2 * eye)
+        return self.units.to_data(MultivariateNormal(self.bias, covariance_matrix=W @ W.T + self.noise_std**2 * eye))

@@ -47,6 +47,22 @@ class DiagonalGaussian(nn.Module):
             loc, scale = params, torch.full_like(params, float(self.std))
         return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
+    def data_params(self, x: Tensor) -> Tensor:
+        """The params [P] of the columns' own Gaussian: their means and, where learned, the log of their spread."""
+        loc = x.mean(0)
+        if self.std == "learned":
+            return torch.cat([loc, _log_spread(x)])
+        if self.std == "shared":
+            self.log_std.copy_(_log_spread(x).exp().square().mean().sqrt().log())
+        return loc
+
+    def standard_rows(self) -> Tensor:
+        """Which params are zero at σ = 1: the log σ half (none for a shared or fixed σ)."""
+        rows = torch.zeros(self.num_params, dtype=torch.bool)
+        if self.std == "learned":
+            rows[self.dim :] = True
+        return rows
+
     def params_of(self, distribution: Distribution) -> Tensor:
         """The params [μ, log σ] (or μ) of a diagonal Gaussian ``distribution``."""
         if self.std != "learned":
@@ -85,12 +101,26 @@ class IndependentCategoricalFamily(nn.Module):
         return distribution.base_dist.logits.flatten(-2)
 
 
+def _log_spread(x: Tensor) -> Tensor:
+    """log of each column's standard deviation [D], with a floor for constant columns."""
+    return x.std(0).clamp(min=1e-3).log() if len(x) > 1 else torch.zeros_like(x[0])
+
+
+def _logit_of_mean(x: Tensor) -> Tensor:
+    """logit of each column's mean [D], the mean kept a little away from 0 and 1 (pixels that are always off or on)."""
+    return torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3))
+
+
 class BernoulliFamily(nn.Module):
     """Independent Bernoulli(sigmoid(params)) over {0, 1}^dim: for binary data only."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.num_params = dim
+
+    def data_params(self, x: Tensor) -> Tensor:
+        """Each pixel's logit of its frequency: the decoder starts as the data's independent-pixel model."""
+        return _logit_of_mean(x)
 
     def forward(self, params: Tensor) -> Distribution:
         return Independent(Bernoulli(logits=params, validate_args=False), 1, validate_args=False)
@@ -102,6 +132,10 @@ class ContinuousBernoulliFamily(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.num_params = dim
+
+    def data_params(self, x: Tensor) -> Tensor:
+        """Each column's logit of its mean (the continuous Bernoulli's mean is near it away from ½)."""
+        return _logit_of_mean(x)
 
     def forward(self, params: Tensor) -> Distribution:
         return Independent(ContinuousBernoulli(logits=params, validate_args=False), 1, validate_args=False)
@@ -115,16 +149,17 @@ SUPPORTS = {constraints.boolean: "binary values {0, 1}", constraints.unit_interv
 LARGEST_REAL = 1e6
 
 
-def check_support(likelihood: Distribution, x: Tensor, where: str, hint: str) -> None:
-    """Raises UsageError, ending with ``hint``, unless every row of ``x`` lies in the support that ``likelihood`` declares (real values: within ±LARGEST_REAL)."""
+def check_support(likelihood: Distribution, x: Tensor, where: str, hint: str, standardized: bool = False) -> None:
+    """Raises UsageError, ending with ``hint``, unless every row of ``x`` lies in the support that ``likelihood`` declares (real values:
+    within ±LARGEST_REAL, unless the model sees them ``standardized``)."""
     support = likelihood.support
     base = getattr(support, "base_constraint", support)
     if bool(support.check(x).all()):
-        largest = float(x.abs().max()) if base is constraints.real else 0.0
+        largest = float(x.abs().max()) if base is constraints.real and not standardized else 0.0
         if largest > LARGEST_REAL:
             raise UsageError(
                 f"{where} holds values up to |x| = {largest:.3g}, beyond the {LARGEST_REAL:.0e} that a model starting at scale 1 fits in float32: "
-                "standardize the data, (x - mean) / std per column"
+                "standardize the data (--data.standardize true, or (x - mean) / std per column)"
             )
         return
     needs = SUPPORTS.get(base, f"values in {base}")

@@ -47,6 +47,12 @@ class FullCovarianceGaussian(nn.Module):
         loc, scale = self.loc_and_scale(params)
         return MultivariateNormal(loc, scale_tril=scale, validate_args=False)
 
+    def standard_rows(self) -> Tensor:
+        """Which params are zero at q = N(μ, I): all but μ (L = I, and for a local flow the identity maps)."""
+        rows = torch.zeros(self.num_params, dtype=torch.bool)
+        rows[self.dim :] = True
+        return rows
+
     def params_of(self, distribution: Distribution) -> Tensor:
         """The params of a Gaussian ``distribution`` (full or diagonal covariance) over R^dim."""
         scale = distribution.scale_tril if isinstance(distribution, MultivariateNormal) else torch.diag_embed(distribution.stddev)
@@ -130,6 +136,12 @@ class LocalFlow(nn.Module):
         maps = [IndependentTransform(SinhArcsinhTransform(layers[..., k, 0, :], layers[..., k, 1, :]), 1) for k in range(self.layers)]
         return TransformedDistribution(base, [*maps, LowerTriangularAffine(loc, scale)], validate_args=False)
 
+    def standard_rows(self) -> Tensor:
+        """Which params are zero at q = N(μ, I): all but μ (L = I, and for a local flow the identity maps)."""
+        rows = torch.zeros(self.num_params, dtype=torch.bool)
+        rows[self.dim :] = True
+        return rows
+
     def params_of(self, distribution: Distribution) -> Tensor:
         """The params that make the flow the Gaussian ``distribution``: identity maps after its μ and L."""
         gaussian = self.gaussian.params_of(distribution)
@@ -164,6 +176,12 @@ class CouplingFlow(nn.Module):
         loc, log_scale, context = params.split([self.dim, self.dim, self.context], -1)
         affine = AffineTransform(loc, log_scale.exp(), event_dim=1)
         return TransformedDistribution(self.flow(context), [affine], validate_args=False)
+
+    def standard_rows(self) -> Tensor:
+        """Which params are zero at σ = 1: the log σ block (the context h keeps its start)."""
+        rows = torch.zeros(self.num_params, dtype=torch.bool)
+        rows[self.dim : 2 * self.dim] = True
+        return rows
 
     def params_of(self, distribution: Distribution) -> Tensor:
         raise UsageError("a flow has no parameters that make it a given distribution: start per-point inference from the encoder (init 'encoder')")

@@ -63,6 +63,10 @@ class MarkovChain(Distribution):
     def has_rsample(self) -> bool:
         return self.first.has_rsample
 
+    def expand(self, batch_shape: torch.Size, _instance: Any = None) -> "MarkovChain":
+        """The chain with its first layer expanded to ``batch_shape``; the later layers follow from each draw's shape."""
+        return MarkovChain(self.first.expand(batch_shape), self.steps, self.sizes, self.top_down)
+
     def _chain_order(self, blocks: list[Tensor]) -> list[Tensor]:
         return blocks[::-1] if self.top_down else blocks
 
@@ -129,6 +133,11 @@ class HierarchicalEncoder(nn.Module):
 
     def forward(self, inputs: Tensor) -> Distribution:
         return self.distribution(self.params(inputs))
+
+    def start_near_standard(self) -> None:
+        """Every layer's q(z_l | ·) starts with σ = 1 (``Conditional.start_near_standard``)."""
+        for conditional in (self.first, *self.conditionals):
+            conditional.start_near_standard()
 
 
 class Coordinates(nn.Module):

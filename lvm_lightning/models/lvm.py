@@ -1,13 +1,15 @@
 """The latent variable model p_θ(x, z) = p(z) p_θ(x|z) with its amortized posterior q_φ(z|x)."""
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, constraints
 from torch.func import functional_call
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.models.units import Units
 
 
 class Conditional(nn.Module):
@@ -37,6 +39,31 @@ class Conditional(nn.Module):
     def forward(self, inputs: Tensor) -> Distribution:
         return self.distribution(self.params(inputs))
 
+    def output_layer(self) -> Optional[nn.Linear]:
+        """The net's last linear layer if it writes the family's parameters (a [P]-wide output), else None (a convolution)."""
+        layers = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
+        width = getattr(self.family, "num_params", None)
+        return layers[-1] if layers and layers[-1].out_features == width else None
+
+    @torch.no_grad()
+    def start_at_data(self, u: Tensor) -> None:
+        """As a decoder: the output layer's bias set to the family's parameters for the rows ``u`` [N, D] (``family.data_params``),
+        so that training starts from the data's own column means and spread, or pixel frequencies (Burda et al., 2016)."""
+        layer, data_params = self.output_layer(), getattr(self.family, "data_params", None)
+        if layer is not None and layer.bias is not None and data_params is not None:
+            layer.bias.copy_(data_params(u))
+
+    @torch.no_grad()
+    def start_near_standard(self) -> None:
+        """As an encoder: the output rows that the family's ``standard_rows`` names (log σ, the flows' shapes) set to zero,
+        weights and bias, so that q(z|x) starts as N(μ(x), I) whatever the inputs: no scale of e^(random · x) to explode."""
+        layer, rows = self.output_layer(), getattr(self.family, "standard_rows", None)
+        if layer is not None and rows is not None:
+            mask = rows().to(layer.weight.device)
+            layer.weight[mask] = 0
+            if layer.bias is not None:
+                layer.bias[mask] = 0
+
 
 def _frozen(module: nn.Module) -> dict[str, Tensor]:
     return {name: p.detach() for name, p in module.named_parameters()}
@@ -50,7 +77,13 @@ class LatentVariableModel(nn.Module):
     inference. Latent samples are shaped [K, B] (categorical) or [K, B, d] (continuous); data [B, D].
     Build one from your own modules in YAML with ``class_path: lvm_lightning.models.LatentVariableModel``.
     ``data_dim`` (linked from the data by the command line) is checked against the decoder's rows.
+
+    ``units`` maps the data to the standard units the encoder reads and the decoder writes (the identity unless the
+    data module asks for it, ``models/units.py``): read the model through ``likelihood``, ``posterior``,
+    ``posterior_params``/``posterior_from`` and ``log_joint``, which work in the data's units, not through its parts.
     """
+
+    common_scale = False  # whether the units must scale every column alike (a model with isotropic noise)
 
     def __init__(self, prior: nn.Module, decoder: nn.Module, encoder: nn.Module, data_dim: Optional[int] = None) -> None:
         super().__init__()
@@ -61,14 +94,32 @@ class LatentVariableModel(nn.Module):
         self.discrete: bool = bool(prior().has_enumerate_support)
         # Whether z is continuous (what HMC, per-point inference by gradients and encodings need): asked of the prior's support.
         self.continuous: bool = not prior().support.is_discrete
-        if data_dim is not None:
-            with torch.no_grad():
-                rows = tuple(decoder(prior().sample((1,))).event_shape)
-            if rows != (data_dim,):
-                raise UsageError(f"the decoder gives rows of shape {rows} but the data have {data_dim} columns: set its output size to {data_dim}")
+        with torch.no_grad():
+            rows = tuple(decoder(prior().sample((1,))).event_shape)
+        if data_dim is not None and rows != (data_dim,):
+            raise UsageError(f"the decoder gives rows of shape {rows} but the data have {data_dim} columns: set its output size to {data_dim}")
+        self.units = Units(math.prod(rows))
+
+    def standardize(self, x: Tensor) -> None:
+        """Fits ``units`` to the training rows ``x`` [N, D] (in the data's units), so that the networks see standard units."""
+        with torch.no_grad():
+            support = self.decoder(self.prior().sample((1,)).to(x.device)).support
+        if getattr(support, "base_constraint", support) is not constraints.real:
+            raise UsageError(
+                f"the data are to be standardized, but the decoder's likelihood lives on {support}, not on the real line: "
+                "pass --data.standardize false (binary or [0, 1] data), or a Gaussian likelihood"
+            )
+        self.units.fit(x, self.common_scale)
 
     def initialize(self, x: Tensor) -> None:
-        """Sets parameters from the training rows ``x`` [N, D] once, before training (a mixture's k-means start); by default the weights keep their random start."""
+        """Sets parameters from the training rows ``x`` [N, D] (in the data's units) once, before training: q(z|x) starts as
+        N(μ(x), I) and the decoder's output at the data where their parts can (``Conditional.start_near_standard``,
+        ``Conditional.start_at_data``), a mixture from k-means. A model of your own may override it."""
+        start_encoder, start_decoder = getattr(self.encoder, "start_near_standard", None), getattr(self.decoder, "start_at_data", None)
+        if start_encoder is not None:
+            start_encoder()
+        if start_decoder is not None:
+            start_decoder(self.units.standardize(x))
 
     def latent_layers(self) -> dict[str, slice]:
         """A hierarchical z's stochastic layers by name, as slices of its last dimension; empty for a one-layer z."""
@@ -84,20 +135,34 @@ class LatentVariableModel(nn.Module):
         values = prior.enumerate_support(expand=False)
         return values.reshape(len(values), 1, *prior.event_shape)
 
+    def likelihood(self, z: Tensor, frozen: bool = False) -> Distribution:
+        """p_θ(x|z) over the data's units; ``frozen`` treats θ as a constant (gradients reach z only)."""
+        likelihood = functional_call(self.decoder, _frozen(self.decoder), (z,)) if frozen else self.decoder(z)
+        return self.units.to_data(likelihood)
+
     def log_joint(self, x: Tensor, z: Tensor, frozen: bool = False) -> Tensor:
         """log p(z) + log p_θ(x|z), shape [K, B]; ``frozen`` treats θ as a constant (gradients reach z only)."""
-        if frozen:
-            prior = functional_call(self.prior, _frozen(self.prior), ())
-            likelihood = functional_call(self.decoder, _frozen(self.decoder), (z,))
-        else:
-            prior, likelihood = self.prior(), self.decoder(z)
-        return prior.log_prob(z) + likelihood.log_prob(x)
+        prior = functional_call(self.prior, _frozen(self.prior), ()) if frozen else self.prior()
+        return prior.log_prob(z) + self.likelihood(z, frozen).log_prob(x)
 
     def posterior(self, x: Tensor, frozen: bool = False) -> Distribution:
         """The amortized q_φ(z|x), batch shape [B]; ``frozen`` treats φ as a constant (the density of the STL and DReG gradients)."""
+        u = self.units.standardize(x)
         if frozen:
-            return functional_call(self.encoder, _frozen(self.encoder), (x,))
-        return self.encoder(x)
+            return functional_call(self.encoder, _frozen(self.encoder), (u,))
+        return self.encoder(u)
+
+    def posterior_params(self, x: Tensor) -> Tensor:
+        """The encoder's unconstrained parameter rows [B, P] for x: what per-point inference and refinement start from."""
+        return self.encoder.params(self.units.standardize(x))
+
+    def posterior_from(self, params: Tensor) -> Distribution:
+        """q with the parameter rows ``params`` [..., P] in the encoder's family."""
+        return self.encoder.distribution(params)
+
+    def prior_params(self) -> Tensor:
+        """Parameters [P] for which the encoder's family is the prior (UsageError where it cannot be)."""
+        return self.encoder.prior_params(self.prior())
 
     @torch.no_grad()
     def nonfinite_terms(self, x: Tensor) -> list[str]:
@@ -106,10 +171,10 @@ class LatentVariableModel(nn.Module):
             return ["the weights"]
         q = self.posterior(x)
         z = self.support() if self.discrete else q.sample()  # a categorical with NaN probabilities refuses to sample
-        terms = {"log q(z|x)": q.log_prob(z), "log p(z)": self.prior().log_prob(z), "log p(x|z)": self.decoder(z).log_prob(x)}
+        terms = {"log q(z|x)": q.log_prob(z), "log p(z)": self.prior().log_prob(z), "log p(x|z)": self.likelihood(z).log_prob(x)}
         return [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
 
     @torch.no_grad()
     def sample(self, num: int) -> Tensor:
         """x ~ p_θ(x) by ancestral sampling: z ~ p(z), x ~ p_θ(x|z); shape [num, D]."""
-        return self.decoder(self.prior().sample((num,))).sample()
+        return self.likelihood(self.prior().sample((num,))).sample()

@@ -192,6 +192,7 @@ class AIS(Estimator):
 
     name = "ais"
     trains = False
+    advice = "it did not mix: raise --ais.num_steps (or --ais.num_chains), or start it from the prior (--ais.init prior)"
 
     def __init__(
         self,
@@ -370,4 +371,4 @@ def simulate(model: LatentVariableModel, num: int) -> tuple[Tensor, Tensor]:
     """(x [num, D], z [num, d]) from the model: z ~ p(z), x ~ p_θ(x|z); each z is an exact sample of p_θ(z|x)."""
     with torch.no_grad():
         z = model.prior().sample((num,))
-        return model.decoder(z).sample(), z
+        return model.likelihood(z).sample(), z

@@ -81,6 +81,9 @@ class Estimator:
 
     name = ""
     trains = True  # whether ``objective`` can train θ and φ
+    exact = False  # whether ``estimate`` is log p(x) itself, not a stochastic lower bound on it
+    estimates_log_px = True  # whether the estimate is meant as log p(x) (the ELBO is a bound of its own kind)
+    advice = "raise its K (--num_samples)"  # what makes a loose estimate tighter, for the cross-checks' warnings
 
     def __init__(self, encoder_objective: Optional[EncoderObjective] = None) -> None:
         self.encoder_objective = encoder_objective
@@ -141,6 +144,7 @@ class Exact(Estimator):
     """log p(x) = log Σ_z p(z) p_θ(x|z) by enumerating z, or the model's closed-form marginal (``model.marginal()``) where it has one."""
 
     name = "exact"
+    exact = True
 
     def check(self, model: LatentVariableModel) -> None:
         super().check(model)
@@ -231,6 +235,7 @@ class PriorSampling(SampledEstimator):
 
     name = "prior_sampling"
     proposal = "p(z)"
+    advice = "raise its K (--num_samples), or read importance sampling, whose q_φ(z|x) needs far fewer draws"
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         prior = model.prior()
@@ -273,6 +278,7 @@ class ImportanceSampling(SampledEstimator):
 
     name = "importance_sampling"
     proposal = "q_φ(z|x)"
+    advice = "raise its K (--num_samples), or compare with AIS (--estimators importance_sampling ais)"
     gradients: tuple[str, ...] = get_args(Gradient)
 
     def __init__(
@@ -380,6 +386,7 @@ class ELBO(ImportanceSampling):
 
     name = "elbo"
     gradients = ("reparam", "stl")
+    estimates_log_px = False
 
     def reduce(self, log_weights: Tensor) -> Tensor:
         return log_weights.mean(0)

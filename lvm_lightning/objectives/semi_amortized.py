@@ -23,7 +23,7 @@ class SemiAmortized(Estimator):
     K = 0 is the base estimator in expectation, on draws of its own. Each step's ELBO averages the base's K samples;
     ``max_grad_norm`` clips each point's ∇_λ to that norm before the step, as Kim et al.'s code does. ``estimate`` (what
     validation logs) is the refined bound, refined without a graph. The encoder's rows are those of per-point inference
-    (``encoder.params``, ``encoder.distribution``), so any model that LocalOptimizer fits takes it.
+    (``model.posterior_params``, ``model.posterior_from``), so any model that LocalOptimizer fits takes it.
     """
 
     name = "semi_amortized"
@@ -58,19 +58,19 @@ class SemiAmortized(Estimator):
         return {"num_samples": self.base.num_samples, **{name: getattr(self, name) for name in names}}
 
     def refine(self, model: LatentVariableModel, x: Tensor, through: bool) -> Tensor:
-        """λ_K [B, P] from λ_0 = ``encoder.params(x)``: a function of θ and φ when ``through``, else a constant."""
+        """λ_K [B, P] from λ_0 = ``model.posterior_params(x)``: a function of θ and φ when ``through``, else a constant."""
         if torch.is_inference_mode_enabled():
             raise UsageError(
                 "SemiAmortized refines q by gradients, which torch.inference_mode forbids: run it under torch.no_grad, or Trainer(inference_mode=False)"
             )
         elbo = ELBO(self.base.num_samples, self.base.chunk_size)
         with torch.enable_grad():
-            params = model.encoder.params(x)
+            params = model.posterior_params(x)
             velocity = torch.zeros_like(params)
             for _ in range(self.num_steps):
                 if not through or not params.requires_grad:
                     params = params.detach().requires_grad_()
-                value = elbo.estimate_with(model, x, model.encoder.distribution(params), frozen=not through).log_px
+                value = elbo.estimate_with(model, x, model.posterior_from(params), frozen=not through).log_px
                 (grad,) = torch.autograd.grad(value.sum(), params, create_graph=through)
                 velocity = self.momentum * velocity + self._clipped(grad)
                 params = params + self.step_size * velocity
@@ -85,13 +85,13 @@ class SemiAmortized(Estimator):
 
     def refined_posterior(self, model: LatentVariableModel, x: Tensor) -> Optional[Distribution]:
         """q_{λ_K}(z|x), refined without a graph."""
-        return model.encoder.distribution(self.refine(model, x, through=False))
+        return model.posterior_from(self.refine(model, x, through=False))
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         return self.base.estimate_with(model, x, self.refined_posterior(model, x))
 
     def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
-        q = model.encoder.distribution(self.refine(model, x, self.through))
+        q = model.posterior_from(self.refine(model, x, self.through))
         log_px = self.base.estimate_with(model, x, q).log_px
         if self.through:
             return Objective(log_px, log_px)
