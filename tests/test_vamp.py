@@ -10,6 +10,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models import VAE, HierarchicalVAE
+from lvm_lightning.models.vamp import DiagonalGaussianMixture
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, ImportanceSampling
 
@@ -34,6 +35,33 @@ def test_the_density_is_the_average_of_the_encoders_posteriors_at_the_pseudo_inp
     log_prior = model.prior().log_prob(z)
     torch.testing.assert_close(log_prior, average, rtol=0, atol=1e-12)
     torch.testing.assert_close(log_prior, oracle.log_prob(z), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_matrix_product_density_is_torchs_mixture_with_its_gradients(dtype):
+    """DiagonalGaussianMixture's expanded square against MixtureSameFamily's differences: values and gradients in (z, μ, σ, weights),
+    with narrow components and points far from them, in float32 too."""
+    loc = (3 * torch.randn(9, 4, dtype=torch.float64)).requires_grad_()
+    log_scale = (torch.randn(9, 4, dtype=torch.float64) - 2).requires_grad_()
+    logits = torch.randn(9, dtype=torch.float64).requires_grad_()
+    z = (4 * torch.randn(5, 3, 4, dtype=torch.float64)).requires_grad_()
+    results = []
+    for mixture in (MixtureSameFamily, DiagonalGaussianMixture):
+        value = mixture(Categorical(logits=logits.to(dtype)), Independent(Normal(loc.to(dtype), log_scale.to(dtype).exp()), 1)).log_prob(z.to(dtype))
+        results.append((value, torch.autograd.grad(value.sum(), (z, loc, log_scale, logits))))
+    (value, grads), (oracle, oracle_grads) = results[1], results[0]
+    assert value.dtype == dtype
+    tolerance = {"rtol": 1e-5, "atol": 1e-3} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-9}
+    torch.testing.assert_close(value, oracle, **tolerance)
+    for grad, oracle_grad in zip(grads, oracle_grads):
+        torch.testing.assert_close(grad, oracle_grad, **tolerance)
+
+
+def test_the_vamp_prior_of_a_diagonal_encoder_takes_the_matrix_product_density():
+    """The default (diagonal) encoder's VampPrior is a DiagonalGaussianMixture; a full-covariance one stays torch's mixture."""
+    assert isinstance(VAE(3, 2, (5,), (5,), num_pseudo_inputs=4).prior(), DiagonalGaussianMixture)
+    full = VAE(3, 2, (5,), (5,), posterior="full", num_pseudo_inputs=4).prior()
+    assert isinstance(full, MixtureSameFamily) and not isinstance(full, DiagonalGaussianMixture)
 
 
 def test_one_pseudo_input_at_a_point_is_that_points_posterior():
