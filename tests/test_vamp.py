@@ -38,16 +38,21 @@ def test_the_density_is_the_average_of_the_encoders_posteriors_at_the_pseudo_inp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_the_matrix_product_density_is_torchs_mixture_with_its_gradients(dtype):
+@pytest.mark.parametrize("expand", [False, True])
+def test_the_matrix_product_density_is_torchs_mixture_with_its_gradients(dtype, expand):
     """DiagonalGaussianMixture's expanded square against MixtureSameFamily's differences: values and gradients in (z, μ, σ, weights),
-    with narrow components and points far from them, in float32 too."""
+    with narrow components and points far from them, in float32 too, and with the mixture expanded to a batch (as AIS's q₀)."""
     loc = (3 * torch.randn(9, 4, dtype=torch.float64)).requires_grad_()
     log_scale = (torch.randn(9, 4, dtype=torch.float64) - 2).requires_grad_()
     logits = torch.randn(9, dtype=torch.float64).requires_grad_()
     z = (4 * torch.randn(5, 3, 4, dtype=torch.float64)).requires_grad_()
     results = []
     for mixture in (MixtureSameFamily, DiagonalGaussianMixture):
-        value = mixture(Categorical(logits=logits.to(dtype)), Independent(Normal(loc.to(dtype), log_scale.to(dtype).exp()), 1)).log_prob(z.to(dtype))
+        distribution = mixture(Categorical(logits=logits.to(dtype)), Independent(Normal(loc.to(dtype), log_scale.to(dtype).exp()), 1))
+        if expand:
+            distribution = distribution.expand((3,))
+            assert isinstance(distribution, mixture)
+        value = distribution.log_prob(z.to(dtype))
         results.append((value, torch.autograd.grad(value.sum(), (z, loc, log_scale, logits))))
     (value, grads), (oracle, oracle_grads) = results[1], results[0]
     assert value.dtype == dtype

@@ -20,12 +20,15 @@ class DiagonalGaussianMixture(MixtureSameFamily):
 
     def log_prob(self, value: Tensor) -> Tensor:
         normal = self.component_distribution.base_dist
-        loc, precision = normal.loc.double(), normal.scale.double().pow(-2)  # [C, d]
-        z = value.double()
-        quadratic = z.square() @ precision.T - 2 * z @ (loc * precision).T + (loc.square() * precision).sum(-1)
-        normalizer = normal.scale.double().log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
-        log_weights = torch.log_softmax(self.mixture_distribution.logits.double(), -1)
-        return torch.logsumexp(log_weights - 0.5 * quadratic - normalizer, -1).to(value.dtype)
+        loc, precision = normal.loc.double(), normal.scale.double().pow(-2)  # [*batch, C, d]
+        batch, dim = loc.shape[:-2], loc.shape[-1]
+        shape = torch.broadcast_shapes(value.shape[:-1], batch)
+        z = value.double().expand(*shape, dim).reshape(-1, *batch, dim).movedim(0, -2)  # [*batch, S, d]: one product per batch entry
+        quadratic = z.square() @ precision.mT - 2 * z @ (loc * precision).mT + (loc.square() * precision).sum(-1).unsqueeze(-2)  # [*batch, S, C]
+        normalizer = normal.scale.double().log().sum(-1) + 0.5 * dim * math.log(2 * math.pi)  # [*batch, C]
+        log_weights = torch.log_softmax(self.mixture_distribution.logits.double(), -1) - normalizer
+        log_px = torch.logsumexp(log_weights.unsqueeze(-2) - 0.5 * quadratic, -1)  # [*batch, S]
+        return log_px.movedim(-1, 0).reshape(shape).to(value.dtype)
 
 
 class VampPrior(nn.Module):
