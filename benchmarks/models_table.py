@@ -117,7 +117,7 @@ def cell(values: dict[str, Tensor], reference: dict[str, Tensor], name: str, pai
         return "–"
     own = summary(values[name])
     text = f"{own['mean']:.2f} ± {own['stderr']:.2f}"
-    if paired and name in reference and values is not reference:
+    if paired and name in reference:
         difference = summary(values[name] - reference[name])
         text += f" (Δ {difference['mean']:+.2f} ± {difference['stderr']:.2f})"
     return text
@@ -131,7 +131,8 @@ def table(rows: list[tuple[Model, dict[str, Tensor], float]], args: argparse.Nam
         f"| ELBO(q_φ) | amortization gap ELBO(q*) − ELBO(q_φ) ({args.gap_points} images) | active units per layer | training (s, 1 thread) |"
     )
     lines = [head, "|---|---|---|---|---|---|---|"]
-    for model, values, seconds in rows:
+    for index, (model, values, seconds) in enumerate(rows):
+        paired = index > 0
         gap = {"gap": values["elbo_optimized"] - values["elbo_amortized"]} if "elbo_optimized" in values else {}
         gap_cell = cell(gap, {}, "gap", False)
         if "elbo_semi_amortized" in values:  # how much of the gap SA-VAE's own refinement closes, on the same points
@@ -139,8 +140,27 @@ def table(rows: list[tuple[Model, dict[str, Tensor], float]], args: argparse.Nam
             gap_cell += f"; refinement closes {closed['mean']:.2f} ± {closed['stderr']:.2f}"
         units = " / ".join(str(int(n)) for n in values["active_units"])
         lines.append(
-            f"| {model.label} | {cell(values, reference, 'importance_sampling', True)} | {cell(values, reference, 'ais', True)} "
-            f"| {cell(values, reference, 'elbo', True)} | {gap_cell} | {units} | {seconds:.0f} |"
+            f"| {model.label} | {cell(values, reference, 'importance_sampling', paired)} | {cell(values, reference, 'ais', paired)} "
+            f"| {cell(values, reference, 'elbo', paired)} | {gap_cell} | {units} | {seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def same_points_table(rows: list[tuple[Model, dict[str, Tensor], float]], args: argparse.Namespace) -> str:
+    """IWAE-K and AIS on the AIS images alone, and AIS − IWAE paired over them: which bound is tighter, point by point."""
+    lines = [
+        f"| model | IWAE-{args.num_samples} ({args.ais_points} images) | AIS (the same {args.ais_points}) | AIS − IWAE, paired |",
+        "|---|---|---|---|",
+    ]
+    reference = {name: values[: args.ais_points] for name, values in rows[0][1].items() if name in ("importance_sampling", "ais")}
+    for index, (model, values, _) in enumerate(rows):
+        if "ais" not in values:
+            continue
+        own = {"importance_sampling": values["importance_sampling"][: args.ais_points], "ais": values["ais"]}
+        difference = {"difference": own["ais"] - own["importance_sampling"]}
+        lines.append(
+            f"| {model.label} | {cell(own, reference, 'importance_sampling', index > 0)} | {cell(own, reference, 'ais', index > 0)} "
+            f"| {cell(difference, {}, 'difference', False)} |"
         )
     return "\n".join(lines)
 
@@ -183,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             torch.save(score(checkpoint(out, model), x, args), scored)
             print(f"scored {model.name} in {time.perf_counter() - start:.0f} s", flush=True)
         rows.append((model, torch.load(scored), timings.get(model.name, float("nan"))))
-    text = table(rows, args)
+    text = table(rows, args) + "\n\n" + same_points_table(rows, args)
     (out / "models.md").write_text(text + "\n")
     print(text)
 
