@@ -75,6 +75,7 @@ class LVMCLI(LightningCLI):
                 "data": lazy_instance(GaussianMixtureData),
                 "model.lvm": {"class_path": "lvm_lightning.models.MixtureModel"},
                 "model.estimator": {"class_path": "lvm_lightning.objectives.Exact"},
+                "model.optimizer": {"class_path": "lvm_lightning.schedules.Adam"},
                 "checkpoint.save_last": True,
                 "gradient_snr.every_n_epochs": 0,
                 # After the callbacks' epoch-end work (the gap's draws), so that a resumed run repeats none of it.

@@ -1,5 +1,6 @@
 """The AmortizationGap callback: logs gap/… to TensorBoard and leaves training exactly as it would have been."""
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from lvm_lightning.inference import LocalOptimizer
 from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, Exact, ImportanceSampling
+from lvm_lightning.schedules import Adam
 
 from conftest import quiet_trainer
 
@@ -104,7 +106,7 @@ def gaps_logged(tmp_path, devices: int) -> dict[str, float]:
     """gap/… after one epoch at lr 0 (weights stay at their seeded init) of a categorical model, on 1 or 2 CPU processes."""
     pl.seed_everything(0)
     data = GaussianMixtureData(num_clusters=4, num_train=256, num_val=64, num_test=64, batch_size=64)
-    module = LVMModule(MixtureModel(2, 6, encoder_hidden=(16,)), Exact(), lr=0.0)
+    module = LVMModule(MixtureModel(2, 6, encoder_hidden=(16,)), Exact(), optimizer=partial(Adam, lr=0.0))
     callback = AmortizationGap(every_n_epochs=1, num_points=33, optimizer=LocalOptimizer(max_steps=40, lr=0.1), refine_steps=(0, 10))
     trainer = pl.Trainer(
         max_epochs=1,

@@ -140,7 +140,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
     "args, message",
     [
         (["--data.batch_size", "0"], "batch sizes must be >= 1"),
-        (["--model.lr", "-1"], "lr must be >= 0"),
+        (["--model.optimizer.init_args.lr", "-1"], "lr must be >= 0"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "real.npy", "--model.lvm.likelihood", "bernoulli"], "needs binary values"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge.npy"], "beyond float32"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge32.npy", "--data.standardize", "false"], "values up to |x| = 1e+30, beyond the 1e+06"),
@@ -251,11 +251,11 @@ def test_a_loss_gone_nan_stops_the_run_at_that_step_with_one_line(tmp_path, monk
     """A learning rate of 1e30 throws the weights to ±1e30 at the first step: the next step's loss overflows, and the run stops there."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--model.lr", "1e30", "--trainer.max_epochs", "3", *FAST, *QUIET])
+        main(["fit", "--model.optimizer.init_args.lr", "1e30", "--trainer.max_epochs", "3", *FAST, *QUIET])
     assert exit_info.value.code == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert "the training loss became NaN or infinite (" in line and "log p(x|z) non-finite) at step 1 (epoch 0)" in line, line
-    assert "last good checkpoint: none yet" in line and line.endswith("Lower --model.lr")  # data of scale 5: the step size is at fault
+    assert "last good checkpoint: none yet" in line and line.endswith("(--model.optimizer.init_args.lr)")  # data of scale 5: the step size is at fault
     assert not list(tmp_path.glob("runs/default/version_0/checkpoints/*.ckpt"))  # no NaN model saved
 
 
