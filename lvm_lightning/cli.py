@@ -31,6 +31,7 @@ from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.files import AtomicCheckpointIO
 from lvm_lightning.module import LVMModule
 from lvm_lightning.resume import Resume, resolve_resume
+from lvm_lightning.shipped import with_shipped_configs
 
 
 class LVMCLI(LightningCLI):
@@ -183,6 +184,7 @@ def main(args: Optional[list[str]] = None) -> None:
     with one_line_errors("lvm-train fit"):
         # LightningCLI reads --ckpt_path's hyperparameters as it parses: a damaged file must be caught before that.
         # --trust is ours, not LightningCLI's: the modules whose classes a resumed checkpoint may name (your own, as for lvm-evaluate).
+        argv = with_shipped_configs(argv)
         trusted = option_values(argv, "--trust")
         argv = with_option(argv, "--trust", None)
         import_trusted(trusted)

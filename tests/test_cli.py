@@ -155,6 +155,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
         (["--trainer.accelerator", "tpu"], "a package this run needs is missing"),
         (["--config", "CONFIGS/numpy_file.yaml"], "missing --data.path"),
         (["--config", "empty.yaml"], "the config file is empty"),
+        (["--config", "no_such_config"], "mixture_vae"),  # neither a file nor a shipped config: the shipped ones are listed
         (["--ckpt_path", "truncated.ckpt"], "damaged or truncated"),
         (["--ckpt_path", "old/last.ckpt"], "not found"),
     ],
