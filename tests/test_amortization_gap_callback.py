@@ -17,7 +17,7 @@ from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import AIS, Exact, ImportanceSampling
 from lvm_lightning.schedules import Adam
 
-from conftest import quiet_trainer
+from conftest import gap_callback, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -39,12 +39,6 @@ def fit(tmp_path, callbacks: list, name: str, model: type = VAE) -> tuple[pl.Tra
     trainer = quiet_trainer(max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name=name), callbacks=callbacks, enable_checkpointing=False)
     trainer.fit(module, datamodule=data)
     return trainer, module
-
-
-def gap_callback() -> AmortizationGap:
-    return AmortizationGap(
-        every_n_epochs=1, num_points=32, optimizer=LocalOptimizer(max_steps=30), refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50
-    )
 
 
 def test_training_is_bit_identical_with_the_callback_and_gaps_reach_tensorboard(tmp_path):

@@ -10,8 +10,6 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from sklearn.decomposition import PCA
-from test_amortization_gap_callback import gap_callback
-from test_cli import scalars
 
 from lvm_lightning.callbacks import Convergence, convergence_note
 from lvm_lightning.callbacks.convergence import verdict
@@ -23,7 +21,7 @@ from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact
 from lvm_lightning.schedules import Adam, Plateau
 
-from conftest import ROOT, quiet_trainer
+from conftest import ROOT, gap_callback, quiet_trainer, scalars
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -228,7 +228,9 @@ def test_pip_install_gives_console_commands_that_work_from_any_folder(tmp_path):
     evaluate = subprocess.run([str(venv / "bin" / "lvm-evaluate"), str(checkpoint), "--num_samples", "20", "--gap_points", "0"],
                               capture_output=True, text=True, cwd=work, env=env)  # fmt: skip
     assert evaluate.returncode == 0 and "importance_sampling" in evaluate.stdout, evaluate.stderr[-3000:]
-    shipped = subprocess.run([str(venv / "bin" / "lvm-train"), "fit", "--config", "mixture_vae", "--print_config"], capture_output=True, text=True, cwd=work, env=env)
+    shipped = subprocess.run(
+        [str(venv / "bin" / "lvm-train"), "fit", "--config", "mixture_vae", "--print_config"], capture_output=True, text=True, cwd=work, env=env
+    )
     assert shipped.returncode == 0 and "class_path: lvm_lightning.models.VAE" in shipped.stdout, shipped.stderr[-3000:]  # a shipped config by name
     module = subprocess.run([str(python), "-m", "lvm_lightning.evaluate", "--help"], capture_output=True, text=True, cwd=work, env=env)
     assert module.returncode == 0 and "--gap.max_steps" in module.stdout
