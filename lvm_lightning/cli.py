@@ -26,6 +26,7 @@ from lvm_lightning.callbacks import (
 )
 from lvm_lightning.checkpoints import as_config, read_file, stored_arguments
 from lvm_lightning.classes import import_trusted
+from lvm_lightning.console import quiet_console
 from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.files import AtomicCheckpointIO
@@ -188,6 +189,7 @@ def main(args: Optional[list[str]] = None) -> None:
         resume = resolve_resume((option_values(argv, "--ckpt_path") or [None])[-1], trusted)  # the last one counts, as in argparse
         if resume is not None:
             argv = with_option(argv, "--ckpt_path", resume.ckpt_path)
+        quiet_console(resuming=resume is not None)
         # LightningCLI warns when given args while sys.argv holds arguments too: hand it ours as sys.argv.
         sys.argv[1:] = argv
         LVMCLI(
