@@ -88,7 +88,8 @@ class LVMCLI(LightningCLI):
                 "trainer.inference_mode": False,
                 "trainer.logger": {
                     "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "runs", "name": "default"},
+                    # No hp_metric = −1 placeholder: ScalarLayout writes the HPARAMS entry, its results read from the logged scalars.
+                    "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
                 },
             }
         )

@@ -162,8 +162,8 @@ class LVMModule(pl.LightningModule):
         if stage == "val":
             # The tightest estimate of log p(x) (each is a lower bound, or exact): what early stopping, the plateau schedule and
             # the convergence callback monitor (all read it after this hook: at on_validation_end, on_train_epoch_end or the
-            # epoch's scheduler step), and TensorBoard's HPARAMS metric.
-            log["val/log_px"] = log["hp_metric"] = torch.stack([means[f"log_px/{estimator.name}"] for estimator in self.evaluators]).max()
+            # epoch's scheduler step), and a result column of TensorBoard's HPARAMS (callbacks.ScalarLayout).
+            log["val/log_px"] = torch.stack([means[f"log_px/{estimator.name}"] for estimator in self.evaluators]).max()
         # The same on every rank already: Lightning's sync_dist would add a collective per key, and its advice to sync is moot.
         warnings.filterwarnings("ignore", message=rf"It is recommended to use `self.log\('({'|'.join(map(re.escape, log))})'")
         self.log_dict(log, sync_dist=False)
