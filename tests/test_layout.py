@@ -125,3 +125,21 @@ def test_the_layout_is_off_when_asked_or_without_tensorboard(tmp_path, monkeypat
     event_files = list(tmp_path.rglob("events.out.tfevents.*"))
     assert event_files or list(tmp_path.rglob("metrics.csv"))  # the run logged, to TensorBoard or the CSV file
     assert all(read_run(path.parent)[0] == [] for path in event_files)
+
+
+def test_each_estimators_run_shows_each_epoch_once_after_a_resume(tmp_path, monkeypatch):
+    """Killed when epochs 1 and 2 were logged but only epoch 0's checkpoint survived: resumed, every estimator's run has each point once."""
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", *TINY[:-4], "--amortization_gap.every_n_epochs", "0", "--trainer.max_epochs", "3", "--checkpoint.save_top_k", "-1"]
+    main(args)
+    folder = tmp_path / "runs" / "default" / "version_0"
+    before = estimator_runs(folder)
+    (epoch_0,) = (folder / "checkpoints").glob("epoch=0-*.ckpt")
+    for later in [*(folder / "checkpoints").glob("epoch=[12]-*.ckpt"), folder / "checkpoints" / "last.ckpt"]:
+        later.unlink()
+    main([*args, "--ckpt_path", str(epoch_0)])
+    after = estimator_runs(folder)
+    assert len(after["exact"]["estimators/val/log_px"]) == 3 and after == before
+    accumulator = PluginEventAccumulator(str(folder))
+    accumulator.Reload()
+    assert len(accumulator.Tensors(hparams_metadata.SESSION_START_INFO_TAG)) == 1  # the entry of the first start, not written again

@@ -129,8 +129,9 @@ class ScalarLayout(pl.Callback):
     def _writer(self, logger: TensorBoardLogger, name: str) -> SummaryWriter:
         folder = estimator_run(logger.log_dir, name)
         if folder not in self._writers:
-            # A resumed run hides the points after its checkpoint, as its main run does.
-            self._writers[folder] = SummaryWriter(folder, purge_step=logger.experiment.purge_step)
+            # A resumed run hides the points after its checkpoint as its main run does: with the purge step the logger was given
+            # (the writer's own attribute is cleared once it has written the purge).
+            self._writers[folder] = SummaryWriter(folder, purge_step=logger._kwargs.get("purge_step"))
         return self._writers[folder]
 
     def _write_estimators(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
