@@ -4,15 +4,21 @@ import re
 from pathlib import Path
 
 import pytest
+from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginEventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from lvm_lightning.callbacks import ScalarLayout
 from lvm_lightning.cli import main
+from lvm_lightning.data import GaussianMixtureData
+from lvm_lightning.models import MixtureModel
+from lvm_lightning.module import LVMModule
+from lvm_lightning.objectives import Exact
 
-from conftest import ROOT, run_tool
+from conftest import ROOT, quiet_trainer, run_tool
 
 TINY = [
     "--trainer.max_epochs",
@@ -149,3 +155,16 @@ def test_each_estimators_run_shows_each_epoch_once_after_a_resume(tmp_path, monk
     accumulator = PluginEventAccumulator(str(folder))
     accumulator.Reload()
     assert len(accumulator.Tensors(hparams_metadata.SESSION_START_INFO_TAG)) == 1  # the entry of the first start, not written again
+
+
+@pytest.mark.parametrize("default_hp_metric", [False, True])
+def test_one_hparams_entry_a_run_whatever_the_loggers_default_hp_metric(tmp_path, default_hp_metric):
+    """A logger built in Python keeps Lightning's default (an entry with hp_metric = −1): ScalarLayout adds no second entry to it."""
+    logger = TensorBoardLogger(str(tmp_path), name="python", default_hp_metric=default_hp_metric)
+    trainer = quiet_trainer(max_epochs=1, logger=logger, callbacks=[ScalarLayout()], enable_checkpointing=False, limit_train_batches=1)
+    trainer.fit(LVMModule(MixtureModel(), Exact()), datamodule=GaussianMixtureData(num_train=100, num_val=50, num_test=50))
+    accumulator = PluginEventAccumulator(logger.log_dir)
+    accumulator.Reload()
+    assert len(accumulator.Tensors(hparams_metadata.SESSION_START_INFO_TAG)) == 1
+    settings, results = hparams_of(Path(logger.log_dir))
+    assert ("estimator" in settings, "hp_metric" in results) == (not default_hp_metric, default_hp_metric)

@@ -98,7 +98,8 @@ class ScalarLayout(pl.Callback):
     - the CUSTOM SCALARS layout (``scalar_layout``), written once, after the first validation (or test, or the end of a run
       without either), with only the charts the run fills;
     - at the start of a fresh fit, the HPARAMS entry (``hparams_entry``) with the headline metrics as its result columns,
-      read from the scalars the run logs (no placeholder value: a run without validation shows none).
+      read from the scalars the run logs (no placeholder value: a run without validation shows none), for each logger built
+      with ``default_hp_metric=False`` (as lvm-train's are); one left at True keeps Lightning's entry and its hp_metric = −1.
 
     ``enabled`` false turns all three off.
     """
@@ -122,6 +123,8 @@ class ScalarLayout(pl.Callback):
             return  # a resumed run: its entry is in the run folder already
         metrics = {name: 0.0 for name in HEADLINE}  # only the names count: the values are the scalars the run logs
         for logger in self._loggers(trainer):
+            if logger._default_hp_metric:
+                continue  # a logger left at default_hp_metric=True writes Lightning's own entry: one entry a run
             writer = logger.experiment._get_file_writer()  # as Lightning's own log_hyperparams writes it
             for summary in hparams(hparams_entry(trainer, pl_module), metrics):
                 writer.add_summary(summary)
