@@ -12,14 +12,14 @@ from torch import Tensor
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, ReduceLROnPlateau
 
 from lvm_lightning.checkpoints import check_training_state, load_module, read_file
-from lvm_lightning.data.in_memory import global_batch_index
 from lvm_lightning.data.protocol import SplitData
+from lvm_lightning.dealing import dealt_index
 from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError
-from lvm_lightning.evaluation import estimate_all
+from lvm_lightning.evaluation import Evaluators, estimate_batch
 from lvm_lightning.models.families import check_support
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import Estimator, evaluation_estimators
+from lvm_lightning.objectives import Estimator
 from lvm_lightning.rng import seeded_fork
 from lvm_lightning.schedules import PLATEAU, PLATEAU_MONITOR, LRSchedule, burda_lr_factor
 
@@ -73,12 +73,8 @@ class LVMModule(pl.LightningModule):
             )
         self.lvm = lvm
         self.estimator = estimator
-        self.evaluators = evaluation_estimators(lvm, eval_num_samples, chunk_size)
-        for extra in validation_estimators:
-            extra.check(lvm)
-            if extra.name in {estimator.name for estimator in self.evaluators}:
-                raise UsageError(f"validation_estimators: validation already reports {extra.name!r}: add each estimator once, and none of the defaults")
-            self.evaluators.append(extra)
+        self.evaluation = Evaluators(eval_num_samples, chunk_size, tuple(validation_estimators))
+        self.evaluators = self.evaluation.for_model(lvm)
         # torch.compile fuses the log-density work of a step (12–16 % faster on the CPU) for a one-off compilation
         # of 7–20 s at the first step: worth it for long runs at large K, not for a few epochs at K = 1 (README).
         self._losses = torch.compile(self.losses) if compile else self.losses
@@ -138,8 +134,7 @@ class LVMModule(pl.LightningModule):
         # Own seeded stream: the training stream is the same whether or how often we validate, and every epoch's estimates
         # use the same random numbers, so their curves show the model's change, not noise. Seeded by the batch's index in
         # the one-process sequence of batches, so that under DDP each batch draws what it draws on one device.
-        with seeded_fork(self.device, global_batch_index(batch_idx, self.global_rank, self.trainer.world_size)):
-            per_point = estimate_all(self.lvm, x, self.evaluators)
+        per_point = estimate_batch(self.lvm, x, self.evaluators, dealt_index(batch_idx, self.global_rank, self.trainer.world_size))
         values = {f"log_px/{name}": result.log_px for name, result in per_point.items()}
         values.update({f"{quantity}/{name}": value for name, result in per_point.items() for quantity, value in result.diagnostics.items()})
         values[POINTS] = torch.ones(len(x), device=self.device)
