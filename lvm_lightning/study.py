@@ -198,7 +198,9 @@ def format_table(report: dict[str, Any]) -> str:
         )
         for row in report["rows"]
     ]
-    return "\n".join([table(rows, left=0), f"exact log p(x) {report['exact_log_px']:.4f} (mean over {report['num_points']} points); 1/N = {1 / report['num_clusters']:.3f}"])
+    return "\n".join(
+        [table(rows, left=0), f"exact log p(x) {report['exact_log_px']:.4f} (mean over {report['num_points']} points); 1/N = {1 / report['num_clusters']:.3f}"]
+    )
 
 
 def write_outputs(report: dict[str, Any], output: Optional[str], figure: Optional[str], log_dir: Optional[str]) -> None:
