@@ -104,20 +104,16 @@ def say_convergence(checkpoint: dict[str, Any], report: dict[str, Any]) -> None:
         print(f"note: {note}", file=sys.stderr, flush=True)
 
 
-def gap_points_possible(model: LatentVariableModel, gap: LocalOptimizer, gap_points: int, report: dict[str, Any]) -> int:
-    """``gap_points``, or 0 with the reason in the report and on stderr where per-point inference cannot fit this model's posterior."""
-    if gap_points == 0:
-        return 0
+def gap_unavailable(model: LatentVariableModel, gap: LocalOptimizer) -> Optional[str]:
+    """Why per-point inference cannot fit this model's posterior, so that the gap (on by default) is skipped with a note; None where it
+    can. A --gap setting that does not fit a model it could fit is the user's to change: UsageError."""
     try:
         gap.check(model)
     except UsageError as error:
         if model.discrete or model.continuous:
-            raise  # a --gap setting that does not fit this model: the user's to change
-        # The gap is on by default: a model whose posterior per-point inference cannot fit reports its estimates, and why no gap.
-        report["gaps_unavailable"] = str(error)
-        print(f"note: no amortization gap: {error}", file=sys.stderr, flush=True)
-        return 0
-    return gap_points
+            raise
+        return str(error)
+    return None
 
 
 def estimators_to_run(
@@ -226,14 +222,17 @@ def evaluate_checkpoint(
     model = module.eval().lvm
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path)}
     view = in_family(model, gap_family) if gap_family is not None else None  # checked before the minutes of estimates
-    say_convergence(checkpoint, report)
     if bdmc > 0:
         ais.check(model)
-    gap_points = gap_points_possible(model, gap, gap_points, report)
+    unavailable = gap_unavailable(model, gap) if gap_points > 0 else None
     chosen = estimators_to_run(module, estimators, num_samples, chunk_size, ais, trust)
     x, report["data"], datamodule = evaluation_data(checkpoint, checkpoint_path, data_path, data_root, trust)
     x = x.to(device)
     module.check_values(x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
+    say_convergence(checkpoint, report)  # every input checked: the notes, then the figures
+    if unavailable is not None:
+        report["gaps_unavailable"], gap_points = unavailable, 0
+        print(f"note: no amortization gap: {unavailable}", file=sys.stderr, flush=True)
     if devices > 1:
         batches, seconds, memory = sharded_estimates(model, x, chosen, batch_size, seed, devices, torch.device(device).type)
         model.to(device)  # the workers had a CPU copy each; gaps and BDMC run here

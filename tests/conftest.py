@@ -54,3 +54,18 @@ def module_from_config(config: Path, data_dim: int) -> "LVMModule":  # noqa: F82
     from lvm_lightning.cli import build_module
 
     return build_module(yaml.safe_load(config.read_text())["model"], data_dim)
+
+
+def undocumented_options(parser: "argparse.ArgumentParser") -> list[str]:  # noqa: F821
+    """The options and positionals, of ``parser`` and of its subcommands' parsers, that have no help text (--help aside)."""
+    import argparse
+
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if not (action.help or "").strip():
+            missing.append(", ".join(action.option_strings) or action.dest)
+        if isinstance(action, argparse._SubParsersAction):
+            missing += [f"{name} {option}" for name, sub in action.choices.items() for option in undocumented_options(sub)]
+    return missing
