@@ -66,7 +66,9 @@ def from_class_path(class_path: str, num_samples: int, chunk_size: Optional[int]
     given = {name: value for name, value in (("num_samples", num_samples), ("chunk_size", chunk_size)) if name in parameters and value is not None}
     missing = [name for name, p in parameters.items() if name not in given and p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if missing:
-        raise UsageError(f"--estimators {class_path}: {cls.__name__} needs {', '.join(missing)}, which have no default: give it a default, or train with it")
+        raise UsageError(
+            f"--estimators {class_path}: {cls.__name__} needs {', '.join(missing)}, which have no default: give them defaults, or name the run's own estimator by its name"
+        )
     return cls(**given)
 
 
