@@ -31,6 +31,7 @@ from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.files import AtomicCheckpointIO
 from lvm_lightning.module import LVMModule
 from lvm_lightning.resume import Resume, resolve_resume
+from lvm_lightning.shipped import with_shipped_configs
 
 
 class LVMCLI(LightningCLI):
@@ -75,6 +76,7 @@ class LVMCLI(LightningCLI):
                 "data": lazy_instance(GaussianMixtureData),
                 "model.lvm": {"class_path": "lvm_lightning.models.MixtureModel"},
                 "model.estimator": {"class_path": "lvm_lightning.objectives.Exact"},
+                "model.optimizer": {"class_path": "lvm_lightning.schedules.Adam"},
                 "checkpoint.save_last": True,
                 "gradient_snr.every_n_epochs": 0,
                 # After the callbacks' epoch-end work (the gap's draws), so that a resumed run repeats none of it.
@@ -182,6 +184,7 @@ def main(args: Optional[list[str]] = None) -> None:
     with one_line_errors("lvm-train fit"):
         # LightningCLI reads --ckpt_path's hyperparameters as it parses: a damaged file must be caught before that.
         # --trust is ours, not LightningCLI's: the modules whose classes a resumed checkpoint may name (your own, as for lvm-evaluate).
+        argv = with_shipped_configs(argv)
         trusted = option_values(argv, "--trust")
         argv = with_option(argv, "--trust", None)
         import_trusted(trusted)

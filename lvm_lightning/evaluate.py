@@ -21,6 +21,7 @@ from lvm_lightning.callbacks.convergence import convergence_note
 from lvm_lightning.cross_check import cross_check
 from lvm_lightning.data import true_log_prob
 from lvm_lightning.data.protocol import SplitData
+from lvm_lightning.data_checks import check_values
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.evaluation import Evaluators, choose
 from lvm_lightning.files import check_writable, write_atomically
@@ -228,7 +229,7 @@ def evaluate_checkpoint(
     chosen = estimators_to_run(module, estimators, num_samples, chunk_size, ais, trust)
     x, report["data"], datamodule = evaluation_data(checkpoint, checkpoint_path, data_path, data_root, trust)
     x = x.to(device)
-    module.check_values(x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
+    check_values(module.lvm, x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
     say_convergence(checkpoint, report)  # every input checked: the notes, then the figures
     if unavailable is not None:
         report["gaps_unavailable"], gap_points = unavailable, 0
