@@ -120,7 +120,10 @@ def test_estimators_by_class_path_include_the_users_own(user_run, monkeypatch):
     monkeypatch.chdir(user_run)
     monkeypatch.syspath_prepend(str(user_run))
     checkpoint = "runs/default/version_0/checkpoints/last.ckpt"
-    report = evaluate_checkpoint(checkpoint, num_samples=8, gap_points=0, trust=["my_models"], estimators=["my_models.RenyiBound", "elbo"])
+    try:
+        report = evaluate_checkpoint(checkpoint, num_samples=8, gap_points=0, trust=["my_models"], estimators=["my_models.RenyiBound", "elbo"])
+    finally:
+        sys.modules.pop("my_models", None)  # the user's module, not left to the tests after
     assert list(report["estimates"]) == ["renyi", "elbo"] and report["estimates"]["renyi"]["num_samples"] == 8
 
 
@@ -131,16 +134,19 @@ def test_a_class_the_user_does_not_trust_is_refused_in_one_line(user_run):
     assert line.startswith("error: ") and "'my_models.StudentTDecoder'" in line and "--trust my_models" in line
 
 
-@pytest.mark.parametrize("trust, said", [([], "--trust evilmod"), (["--trust", "evilmod"], "Estimator")])
+@pytest.mark.parametrize("trust, said", [([], "--trust stranger"), (["--trust", "stranger"], "Estimator")])
 def test_an_estimator_class_path_from_an_untrusted_module_or_of_another_kind_is_refused(real_checkpoint, tmp_path, monkeypatch, capsys, trust, said):
     """--estimators resolves a class path as a checkpoint's are: an untrusted module is never imported, a class of another kind is refused."""
     from lvm_lightning import evaluate
 
     marker = tmp_path / "IMPORTED"
-    (tmp_path / "evilmod.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nclass Evil:\n    pass\n")
+    (tmp_path / "stranger.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nclass Stranger:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(SystemExit) as exit_info:
-        evaluate.main([str(real_checkpoint), "--gap_points", "0", "--estimators", "evilmod.Evil", *trust])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main([str(real_checkpoint), "--gap_points", "0", "--estimators", "stranger.Stranger", *trust])
+    finally:
+        sys.modules.pop("stranger", None)  # a trusted import, not left to the tests after
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and "--estimators" in line and said in line
