@@ -1,5 +1,6 @@
 """End to end as a user runs it: train.py, TensorBoard read back, evaluation in a fresh process, clear errors, resume."""
 
+import inspect
 import json
 import math
 import os
@@ -15,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lvm_lightning import LVMModule, evaluate
 from lvm_lightning.cli import LVMCLI, main
-from lvm_lightning.models import MixtureModel
+from lvm_lightning.data import NumpyData
+from lvm_lightning.models import LinearGaussian, MixtureModel
 from lvm_lightning.objectives import Exact
 
 from conftest import FAST, QUIET, ROOT, run_tool, scalars
@@ -417,3 +419,20 @@ def test_more_processes_than_cores_is_warned(tmp_path):
     result = run_tool([*args, "--trainer.fast_dev_run", "1", *FAST], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"warning: {devices} processes on {os.cpu_count()} CPU cores: each step waits for the slowest; pass --trainer.devices" in result.stderr
+
+
+def test_a_class_given_in_a_config_takes_its_own_defaults_not_the_default_classs(tmp_path, monkeypatch, capsys):
+    """LinearGaussian's linear encoder and NumpyData's batch size, not MixtureModel's MLP and GaussianMixtureData's (jsonargparse carries them)."""
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(50, 3)))
+    (tmp_path / "own.yaml").write_text(
+        "model: {lvm: {class_path: lvm_lightning.models.LinearGaussian, init_args: {latent_dim: 2}}}\n"
+        "data: {class_path: lvm_lightning.data.NumpyData, init_args: {path: x.npy}}\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "own.yaml", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    own = {cls: inspect.signature(cls).parameters for cls in (LinearGaussian, NumpyData)}
+    assert config["model"]["lvm"]["init_args"]["encoder_hidden"] == list(own[LinearGaussian]["encoder_hidden"].default)
+    assert config["data"]["init_args"]["eval_batch_size"] == own[NumpyData]["eval_batch_size"].default
+    assert config["model"]["estimator"]["class_path"] == "lvm_lightning.objectives.Exact"  # a default where none is named
