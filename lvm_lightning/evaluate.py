@@ -189,6 +189,7 @@ def evaluate_checkpoint(
     gap_log_px: Literal["importance_sampling", "ais"] = "importance_sampling",
     gap_family: Optional[Literal["diagonal", "full", "local_flow", "flow"]] = None,
     devices: int = 1,
+    networks_bf16: bool = False,
 ) -> dict[str, Any]:
     """What lvm-evaluate reports on a checkpoint.
 
@@ -215,6 +216,8 @@ def evaluate_checkpoint(
         gap_log_px: how the gaps' log p(x) is computed where it has no exact form: importance sampling or AIS, from q*.
         gap_family: the gap decomposition again with q* in this posterior family (e.g. full or local_flow beside a diagonal encoder).
         devices: share the estimates' batches among N processes (the same values per point); gaps and BDMC stay in this process.
+        networks_bf16: the estimates with the networks' matrix products in bfloat16, their densities and log-weights in float32
+            (faster on CPUs with AMX and on GPUs; docs/results.md gives its error); the gaps and BDMC stay float32.
     """
     check_settings(num_samples, batch_size, chunk_size, gap_points, bdmc, gap_family)
     ais = ais or AIS()
@@ -234,11 +237,13 @@ def evaluate_checkpoint(
     if unavailable is not None:
         report["gaps_unavailable"], gap_points = unavailable, 0
         print(f"note: no amortization gap: {unavailable}", file=sys.stderr, flush=True)
+    model.networks_in_bf16(networks_bf16)
     if devices > 1:
         batches, seconds, memory = sharded_estimates(model, x, chosen, batch_size, seed, devices, torch.device(device).type)
         model.to(device)  # the workers had a CPU copy each; gaps and BDMC run here
     else:
         batches, seconds, memory = local_estimates(model, x, chosen, batch_size, seed)
+    model.networks_in_bf16(False)
     report.update(estimates_report(batches, chosen))
     report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), "devices": devices, **memory}
     with seeded_fork(x.device, seed):  # the caller's stream untouched
