@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lvm_lightning.callbacks.convergence import convergence_of
 from lvm_lightning.callbacks.due import DataCallback, epoch_due
 from lvm_lightning.data.protocol import SplitData
+from lvm_lightning.dealing import deal
 from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import REFINE_STEPS, GapReport, LocalOptimizer, gap_decomposition, in_family, summarize_sums, unconverged_warning
 from lvm_lightning.models.lvm import LatentVariableModel
@@ -182,7 +183,7 @@ class AmortizationGap(DataCallback):
         """Measures and logs the decomposition (and the family's) of the model after ``epoch`` epochs, with the refinement figure."""
         self._measured_at = trainer.global_step
         device = pl_module.device
-        x = trainer.datamodule.splits[self.split][: self.num_points][trainer.global_rank :: trainer.world_size].to(device)
+        x = deal(trainer.datamodule.splits[self.split][: self.num_points], trainer.global_rank, trainer.world_size).to(device)
         summary, metrics = self._measure(trainer, pl_module, pl_module.lvm, x, "gap", pl_module.estimator)
         if self.family is not None:  # the same decoder with q* in another family, beside the encoder's (gap/FAMILY/…)
             metrics.update(self._measure(trainer, pl_module, in_family(pl_module.lvm, self.family), x, f"gap/{self.family}")[1])
