@@ -11,7 +11,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from lvm_lightning.callbacks.convergence import convergence_of
-from lvm_lightning.callbacks.due import DataCallback, epoch_due
+from lvm_lightning.callbacks.data_callback import DataCallback, epoch_due
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.dealing import deal
 from lvm_lightning.errors import UsageError

@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 
-from lvm_lightning.callbacks.due import Picture
+from lvm_lightning.callbacks.data_callback import Picture
 from lvm_lightning.data.protocol import SplitData, true_log_prob
 from lvm_lightning.inference import log_marginal
 from lvm_lightning.models.lvm import LatentVariableModel

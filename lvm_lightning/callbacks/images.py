@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from torchvision.utils import make_grid
 
-from lvm_lightning.callbacks.due import DataCallback, Picture
+from lvm_lightning.callbacks.data_callback import DataCallback, Picture
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.rng import seeded_fork
