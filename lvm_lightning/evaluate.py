@@ -23,7 +23,7 @@ from lvm_lightning.data import true_log_prob
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.data_checks import check_values
 from lvm_lightning.errors import UsageError, one_line_errors
-from lvm_lightning.evaluation import Evaluators, choose
+from lvm_lightning.estimates import Evaluators, choose
 from lvm_lightning.files import check_writable, write_atomically
 from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family
 from lvm_lightning.models.lvm import LatentVariableModel

@@ -18,7 +18,7 @@ from lvm_lightning.data_checks import check_data
 from lvm_lightning.dealing import dealt_index
 from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError
-from lvm_lightning.evaluation import Evaluators, SplitMeans, estimate_batch
+from lvm_lightning.estimates import Evaluators, SplitMeans, estimate_batch
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Estimator
 from lvm_lightning.rng import seeded_fork

@@ -12,8 +12,8 @@ from lvm_lightning.callbacks.random_state import RandomState
 from lvm_lightning.cli import main
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
+from lvm_lightning.estimates import estimate_batches
 from lvm_lightning.evaluate import check_device, evaluate_checkpoint
-from lvm_lightning.evaluation import estimate_batches
 from lvm_lightning.models import MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact, evaluation_estimators
