@@ -120,7 +120,7 @@ def gap_unavailable(model: LatentVariableModel, gap: LocalOptimizer) -> Optional
 def estimators_to_run(
     module: LVMModule, names: Optional[Sequence[str]], num_samples: int, chunk_size: Optional[int], ais: AIS, trusted: Sequence[str]
 ) -> list[Estimator]:
-    """The estimators to run: those ``names`` asks for (``evaluation.choose``), or by default the built-ins at K = ``num_samples`` with
+    """The estimators to run: those ``names`` asks for (``estimates.choose``), or by default the built-ins at K = ``num_samples`` with
     the run's own validation estimators and training estimator (those whose names the built-ins do not take)."""
     own = (*module.evaluation.extra, module.estimator)
     builtins = Evaluators(num_samples, chunk_size)
