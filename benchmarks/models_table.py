@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 from lvm_lightning.callbacks.images import active_units, mean_and_error
-from lvm_lightning.evaluate import estimate_batches
+from lvm_lightning.estimates import estimate_batches
 from lvm_lightning.inference import LocalOptimizer
 from lvm_lightning.inference.gaps import gap_decomposition
-from lvm_lightning.objectives import AIS, evaluation_estimators
+from lvm_lightning.objectives import AIS, ELBO, ImportanceSampling
 from lvm_lightning.rng import seeded_fork
 from lvm_lightning.runs import load_run, run_data
 
@@ -90,7 +90,7 @@ def score(path: Path, x: Tensor, args: argparse.Namespace) -> dict[str, Tensor]:
     module.eval()
     model = module.lvm
     chunk = module.hparams.get("chunk_size") or 2**14
-    estimators = evaluation_estimators(model, args.num_samples, chunk, ["importance_sampling", "elbo"])
+    estimators = [ImportanceSampling(args.num_samples, chunk), ELBO(args.num_samples, chunk)]  # one set of draws for both
     by_batch = estimate_batches(model, x, estimators, args.batch_size_eval, args.seed)
     values = {name: torch.cat([by_batch[i][name].log_px for i in sorted(by_batch)]) for name in ("importance_sampling", "elbo")}
     ais = AIS(num_steps=args.ais_steps, chunk_size=chunk)
