@@ -50,6 +50,7 @@ class LVMModule(pl.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         compile: bool = False,
         validation_estimators: Sequence[Estimator] = (),
+        networks_bf16: bool = False,
     ) -> None:
         super().__init__()
         if eval_num_samples < 1:
@@ -73,6 +74,8 @@ class LVMModule(pl.LightningModule):
             )
         self.lvm = lvm
         self.estimator = estimator
+        if networks_bf16:  # the networks' products in bfloat16, every density and log-weight in float32 (docs/results.md: bf16)
+            lvm.networks_in_bf16()
         self.make_optimizer, self.make_scheduler = optimizer, lr_scheduler
         self.evaluators = evaluation_estimators(lvm, eval_num_samples, chunk_size)
         for extra in validation_estimators:
