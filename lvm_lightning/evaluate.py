@@ -31,7 +31,8 @@ from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_proce
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.evaluation import PerPoint, estimate_all
 from lvm_lightning.files import write_atomically
-from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family
+from lvm_lightning.inference import LocalOptimizer, family_name, format_gap_columns, format_gaps, gap_summary, in_family
+from lvm_lightning.models.families import PosteriorChoice
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import AIS, Estimator, evaluation_estimators, simulate
 from lvm_lightning.rng import batch_seed, seeded_fork
@@ -186,7 +187,7 @@ def evaluate_checkpoint(
     ais: Optional[AIS] = None,
     bdmc: int = 0,
     gap_log_px: Literal["importance_sampling", "ais"] = "importance_sampling",
-    gap_family: Optional[Literal["diagonal", "full", "local_flow", "flow"]] = None,
+    gap_family: Optional[PosteriorChoice] = None,
     devices: int = 1,
 ) -> dict[str, Any]:
     """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?, 'gaps'?}.
@@ -267,7 +268,7 @@ def evaluate_checkpoint(
             report["gaps"] = gap_summary(model, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais)
             if view is not None:
                 report["gaps_in_family"] = {
-                    "family": gap_family,
+                    "family": family_name(view, gap_family),
                     **gap_summary(view, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais),
                 }
         if bdmc > 0:

@@ -1,6 +1,6 @@
 """Posterior families and likelihoods as classes: a short name and its class build the same model, a module that is not a
 family is named at construction, a family class reloads from a checkpoint (a foreign one is refused), and a family of the
-user's own, in a file outside the repository, trains through lvm-train and evaluates with --trust."""
+user's own, in a file outside the repository, trains through lvm-train and evaluates with --trust (--gap_family a class)."""
 
 import copy
 import functools
@@ -17,7 +17,7 @@ from lvm_lightning import LVMModule
 from lvm_lightning.checkpoints import load_module
 from lvm_lightning.cli import build_module
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import in_family
+from lvm_lightning.inference import family_name, in_family
 from lvm_lightning.models import (
     LIKELIHOODS,
     POSTERIORS,
@@ -122,6 +122,7 @@ def test_a_second_family_for_q_star_is_given_as_a_class():
     model = VAE(4, 2).eval()
     x = torch.randn(6, 4)
     view = in_family(model, FullCovarianceGaussian)
+    assert family_name(view, FullCovarianceGaussian) == "FullCovarianceGaussian" and family_name(view, "full") == "full"
     z = model.posterior(x).sample((3,))
     torch.testing.assert_close(view.posterior(x).log_prob(z), model.posterior(x).log_prob(z), rtol=0, atol=1e-4)
     with pytest.raises(UsageError, match="--gap_family"):
@@ -190,9 +191,13 @@ def test_a_family_of_ones_own_trains_and_evaluates_with_trust(laplace_run):
     evaluate = ["-m", "lvm_lightning.evaluate", str(checkpoint), "--num_samples", "20", "--gap_points", "4", "--gap.max_steps", "5"]
     refused = run_tool(evaluate, laplace_run)
     assert refused.returncode == 2 and "'laplace_family.DiagonalLaplace'" in refused.stderr and "--trust laplace_family" in refused.stderr
-    result = run_tool([*evaluate, "--trust", "laplace_family", "--output", "report.json"], laplace_run)
+    # q* also as a full-covariance Gaussian, a family given by its class, started from the Laplace q_φ's moments.
+    result = run_tool(
+        [*evaluate, "--trust", "laplace_family", "--gap_family", "lvm_lightning.models.FullCovarianceGaussian", "--output", "report.json"], laplace_run
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((laplace_run / "report.json").read_text())
     estimates = report["estimates"]
     assert all(math.isfinite(estimate["mean"]) for estimate in estimates.values())
     assert estimates["elbo"]["mean"] < estimates["importance_sampling"]["mean"] and report["gaps"]["num_points"] == 4
+    assert report["gaps_in_family"]["family"] == "FullCovarianceGaussian" and math.isfinite(report["gaps_in_family"]["elbo_optimized"])

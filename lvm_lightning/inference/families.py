@@ -40,3 +40,8 @@ def in_family(model: LatentVariableModel, family: PosteriorChoice) -> LatentVari
     view = LatentVariableModel(model.prior, model.decoder, Conditional(InFamily(model.encoder, made), made))
     view.units = model.units  # the same data, in the same units
     return view
+
+
+def family_name(view: LatentVariableModel, family: PosteriorChoice) -> str:
+    """How reports and TensorBoard tags name the q* family of ``view`` (``in_family``'s): its short name, or its class's name."""
+    return family if isinstance(family, str) else type(view.encoder.family).__name__
