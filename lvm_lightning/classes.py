@@ -33,7 +33,8 @@ HOMES = ("lvm_lightning", "torch.nn.modules", "torch.optim")
 # The kinds a slot can expect: a parameter annotated with a subclass of one of these takes a class; nothing else does.
 KINDS: tuple[type, ...] = (nn.Module, Estimator, pl.LightningDataModule)
 # The kinds a factory slot (Callable[..., kind], as LightningCLI's OptimizerCallable) can expect: it takes the class and its arguments, called later.
-FACTORY_KINDS: tuple[type, ...] = (optim.Optimizer, optim.lr_scheduler.LRScheduler, optim.lr_scheduler.ReduceLROnPlateau)
+# nn.Module: a model's posterior and likelihood families (models.families.FamilyFactory), made for the dimension the model supplies.
+FACTORY_KINDS: tuple[type, ...] = (optim.Optimizer, optim.lr_scheduler.LRScheduler, optim.lr_scheduler.ReduceLROnPlateau, nn.Module)
 # Never built from a checkpoint, whatever slot names them: a LightningModule is an nn.Module, but not a part.
 NEVER: tuple[type, ...] = (pl.LightningModule,)
 ANY = inspect.Parameter.empty  # an unannotated parameter: plain values, or a part (nn.Module)

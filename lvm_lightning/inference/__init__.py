@@ -1,6 +1,6 @@
 """Per-point (local) variational inference and the amortization and approximation gaps it measures."""
 
-from lvm_lightning.inference.families import InFamily, in_family
+from lvm_lightning.inference.families import InFamily, family_name, in_family
 from lvm_lightning.inference.gaps import (
     REFINE_STEPS,
     GapReport,
@@ -25,6 +25,7 @@ __all__ = [
     "format_gaps",
     "gap_decomposition",
     "gap_summary",
+    "family_name",
     "in_family",
     "log_marginal",
     "summarize_sums",
