@@ -227,7 +227,7 @@ def evaluate_checkpoint(
         try:
             gap.check(model)
         except UsageError as error:
-            if model.discrete or model.continuous:
+            if model.enumerable or model.continuous:
                 raise  # a --gap setting that does not fit this model: the user's to change
             # The gap is on by default: a model whose posterior per-point inference cannot fit reports its estimates, and why no gap.
             report["gaps_unavailable"] = str(error)

@@ -29,7 +29,7 @@ def test_enumeration_sums_every_value_once():
         z = torch.tensor(values)[None, None]  # [1, 1, M]
         terms.append(model.prior().log_prob(z) + model.decoder(z).log_prob(x))
     expected = torch.cat(terms).logsumexp(0)
-    assert model.discrete and len(torch.unique(model.support()[:, 0], dim=0)) == 27
+    assert model.enumerable and len(torch.unique(model.support()[:, 0], dim=0)) == 27
     torch.testing.assert_close(Exact().estimate(model, x).log_px, expected)
     # Both sampled estimators agree with it at large K (a check of the sampled path on a categorical z).
     for estimator in (PriorSampling(20_000), ImportanceSampling(20_000)):
@@ -41,7 +41,7 @@ def test_beyond_max_enumerate_the_latent_is_sampled_and_vimco_trains_it():
     torch.manual_seed(1)
     model = CategoricalVAE(data_dim=4, num_variables=20, num_categories=2, encoder_hidden=[32], decoder_hidden=[32])
     x = CategoricalVAE(data_dim=4, num_variables=20, num_categories=2, encoder_hidden=[32], decoder_hidden=[32]).sample(128)
-    assert not model.discrete and not model.continuous
+    assert not model.enumerable and not model.continuous
     with pytest.raises(UsageError, match="enumerable latent"):
         Exact().check(model)
     with pytest.raises(UsageError, match="continuous z"):
@@ -103,6 +103,6 @@ def test_a_continuous_prior_without_rsample_is_continuous():
     )()
     vae = VAE(data_dim=3, latent_dim=2)
     model = LatentVariableModel(prior, vae.decoder, vae.encoder, data_dim=3)
-    assert model.continuous and not model.discrete
+    assert model.continuous and not model.enumerable
     AIS().check(model)
     LVMModule(model, ImportanceSampling(5, gradient="dreg"))

@@ -54,7 +54,7 @@ def test_one_pseudo_input_at_a_point_is_that_points_posterior():
 
 def test_the_shared_encoder_is_trained_once_frozen_with_the_prior_and_saved_and_loaded():
     model = VAE(3, 2, (5,), (5,), num_pseudo_inputs=4).double()
-    assert model.continuous and not model.discrete
+    assert model.continuous and not model.enumerable
     # φ is the prior's and the encoder's: listed once, so Adam steps it once.
     parts = [model.decoder, model.encoder]
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for m in parts for p in m.parameters()) + 4 * 3

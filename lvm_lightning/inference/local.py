@@ -115,7 +115,7 @@ class LocalOptimizer:
         """
         if self.lr is not None:
             return self.lr
-        return 0.1 if model.discrete else 1e-2
+        return 0.1 if model.enumerable else 1e-2
 
     def posterior(self, model: LatentVariableModel, params: Tensor) -> Distribution:
         """q_λ for parameter rows ``params`` [N, P], through the encoder's family."""
@@ -131,7 +131,7 @@ class LocalOptimizer:
     def objective(self, model: LatentVariableModel, x: Tensor, params: Tensor) -> Tensor:
         """L(λ_i; x_i) per point [N], θ held constant."""
         q = self.posterior(model, params)
-        if model.discrete:
+        if model.enumerable:
             return elbo(model, x, q)
         density = self.posterior(model, params.detach()) if self.gradient == "stl" else None
         bound = ImportanceSampling(self.num_samples) if self.bound == "iwae" else ELBO(self.num_samples)
@@ -139,11 +139,11 @@ class LocalOptimizer:
 
     def check(self, model: LatentVariableModel) -> None:
         """Raise UsageError if per-point inference with these settings cannot fit ``model``'s posterior."""
-        if not model.discrete and not model.continuous:
+        if not model.enumerable and not model.continuous:
             raise UsageError(
                 "per-point inference follows the ELBO's gradient, which needs a continuous z or an enumerable one: this z is neither (raise the model's max_enumerate)"
             )
-        if self.bound == "iwae" and model.discrete:
+        if self.bound == "iwae" and model.enumerable:
             raise UsageError("bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO")
         if self.init == "prior":
             with torch.no_grad():

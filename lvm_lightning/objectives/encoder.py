@@ -28,9 +28,9 @@ def wake_objective(model: LatentVariableModel, x: Tensor) -> Tensor:
 def resolve_encoder_objective(name: Optional[str], model: LatentVariableModel) -> EncoderObjective:
     """``name``, or the default when None: ``wake`` for an enumerable z, ``elbo`` otherwise."""
     if name is None:
-        return "wake" if model.discrete else "elbo"
+        return "wake" if model.enumerable else "elbo"
     if name not in ("elbo", "wake"):
         raise UsageError(f"unknown encoder_objective {name!r}: choose 'elbo' or 'wake'")
-    if name == "wake" and not model.discrete:
+    if name == "wake" and not model.enumerable:
         raise UsageError("encoder_objective 'wake' needs an enumerable latent (it sums over p(z|x)): use 'elbo'")
     return name

@@ -97,7 +97,7 @@ class Estimator:
 
         Its encoder signal (the ELBO's path or the enumerated sums) needs a continuous z or an enumerable one.
         """
-        if not model.continuous and not model.discrete:
+        if not model.continuous and not model.enumerable:
             raise UsageError(NOT_REPARAMETERIZABLE.format(q="q_φ(z|x)", also=" and z has too many values to enumerate"))
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
@@ -148,7 +148,7 @@ class Exact(Estimator):
 
     def check(self, model: LatentVariableModel) -> None:
         super().check(model)
-        if model.marginal() is None and not model.discrete:
+        if model.marginal() is None and not model.enumerable:
             raise UsageError(
                 "the 'exact' estimator needs an enumerable latent (e.g. MixtureModel) or a model with a closed-form marginal "
                 "(e.g. LinearGaussian): choose PriorSampling or ImportanceSampling"
@@ -156,7 +156,7 @@ class Exact(Estimator):
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         marginal = model.marginal()
-        if marginal is None and not model.discrete:
+        if marginal is None and not model.enumerable:
             self.check(model)  # raises: nothing here is exact
         log_weights = marginal.log_prob(x)[None] if marginal is not None else model.log_joint(x, model.support())
         return Estimate(log_weights.logsumexp(0), log_weights)
@@ -318,8 +318,8 @@ class ImportanceSampling(SampledEstimator):
         if self.gradient == "vimco":
             return self._vimco(model, x, q)
         if not q.has_rsample:
-            if self.gradient != "reparam" or not model.discrete:
-                also = "" if model.discrete else " and z has too many values to enumerate"
+            if self.gradient != "reparam" or not model.enumerable:
+                also = "" if model.enumerable else " and z has too many values to enumerate"
                 raise UsageError(NOT_REPARAMETERIZABLE.format(q=f"q_φ(z|x) ({type(q).__name__})", also=also))
             log_px = self.estimate_with(model, x, q).log_px
             return Objective(log_px + self.encoder_signal(model, x), log_px)
@@ -406,7 +406,7 @@ def elbo(model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: in
     An enumerable z is summed over exactly (no score-function noise); otherwise ``num_samples``
     reparameterized log-weights are averaged.
     """
-    if model.discrete:
+    if model.enumerable:
         support = model.support()
         log_joint = model.log_joint(x, support, frozen=True)  # [C, B]
         log_q = q.log_prob(support)  # [C, B]
