@@ -223,16 +223,14 @@ def evaluate_checkpoint(
         print(f"note: {note}", file=sys.stderr, flush=True)
     if bdmc > 0:
         ais.check(model)
-    if gap_points > 0:
-        try:
-            gap.check(model)
-        except UsageError as error:
-            if model.enumerable or model.continuous:
-                raise  # a --gap setting that does not fit this model: the user's to change
-            # The gap is on by default: a model whose posterior per-point inference cannot fit reports its estimates, and why no gap.
-            report["gaps_unavailable"] = str(error)
-            print(f"note: no amortization gap: {error}", file=sys.stderr, flush=True)
-            gap_points = 0
+    reason = gap.unsupported(model) if gap_points > 0 else None
+    if reason is not None:
+        if model.enumerable or model.continuous:
+            raise UsageError(reason)  # a --gap setting that does not fit this model: the user's to change
+        # The gap is on by default: a model whose posterior per-point inference cannot fit reports its estimates, and why no gap.
+        report["gaps_unavailable"] = reason
+        print(f"note: no amortization gap: {reason}", file=sys.stderr, flush=True)
+        gap_points = 0
     datamodule = None
     if data_path is not None:
         x, report["data"] = file_rows(checkpoint, checkpoint_path, data_path, trust)

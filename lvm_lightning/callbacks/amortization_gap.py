@@ -99,11 +99,7 @@ class AmortizationGap(DataCallback):
             return None
         if self.split not in data.splits:
             return f"the data module has no {self.split!r} split"
-        try:
-            self.optimizer.check(model)
-        except UsageError as error:
-            return str(error)
-        return None
+        return self.optimizer.unsupported(model)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

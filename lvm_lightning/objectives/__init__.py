@@ -16,15 +16,20 @@ from lvm_lightning.objectives.estimators import (
     elbo,
     evaluation_estimators,
     importance_log_weights,
-    leave_one_out_bounds,
     log_mean_exp_stderr,
     tractable,
 )
+from lvm_lightning.objectives.gradients import STL, VIMCO, DReG, GradientEstimator, Reparameterized, leave_one_out_bounds
 from lvm_lightning.objectives.psis import pareto_k
 from lvm_lightning.objectives.semi_amortized import SemiAmortized
 
 __all__ = [
     "AIS",
+    "DReG",
+    "GradientEstimator",
+    "Reparameterized",
+    "STL",
+    "VIMCO",
     "ELBO",
     "EncoderObjective",
     "Estimate",
