@@ -91,7 +91,7 @@ class LocalOptimizer:
     tolerance: float = 1e-5
     decay: float = 0.5
     stopping: Stopping = "point"
-    gradient: GradientEstimator = STL()
+    gradient: Optional[GradientEstimator] = None  # None: STL() (a default instance would not serialize into a run's config)
     precision: Precision = "32"
 
     def __post_init__(self) -> None:
@@ -104,8 +104,10 @@ class LocalOptimizer:
             value = getattr(self, name)
             if value not in allowed:
                 raise UsageError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
-        if self.bound == "iwae" and not self.gradient.unbiased:
-            raise UsageError(f"gradient {self.gradient!r} is biased for the IWAE bound (Tucker et al., 2018): pass e.g. Reparameterized() with bound 'iwae'")
+        if self.bound == "iwae" and not self.path_gradient().unbiased:
+            raise UsageError(
+                f"gradient {self.path_gradient()!r} is biased for the IWAE bound (Tucker et al., 2018): pass e.g. Reparameterized() with bound 'iwae'"
+            )
         self.bounded()  # the bound refuses a gradient made for another one
 
     def step_size(self, model: LatentVariableModel) -> float:
@@ -137,7 +139,11 @@ class LocalOptimizer:
 
     def bounded(self) -> ImportanceSampling:
         """The bound L(λ) at K = num_samples, its gradient in λ by ``gradient``."""
-        return (ImportanceSampling if self.bound == "iwae" else ELBO)(self.num_samples, gradient=self.gradient)
+        return (ImportanceSampling if self.bound == "iwae" else ELBO)(self.num_samples, gradient=self.path_gradient())
+
+    def path_gradient(self) -> GradientEstimator:
+        """``gradient``, STL() where none is given."""
+        return self.gradient if self.gradient is not None else STL()
 
     def unsupported(self, model: LatentVariableModel) -> Optional[str]:
         """Why per-point inference with these settings cannot fit ``model``'s posterior; None when it can."""
@@ -145,8 +151,8 @@ class LocalOptimizer:
             return "per-point inference follows the ELBO's gradient, which needs a continuous z or an enumerable one: this z is neither (raise the model's max_enumerate)"
         if self.bound == "iwae" and model.enumerable:
             return "bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO"
-        if not model.enumerable and self.gradient.unsupported(model):  # an enumerable z is fit by the exact ELBO, whatever the gradient
-            return self.gradient.unsupported(model)
+        if not model.enumerable and self.path_gradient().unsupported(model):  # an enumerable z is fit by the exact ELBO, whatever the gradient
+            return self.path_gradient().unsupported(model)
         if self.init == "prior":
             try:
                 with torch.no_grad():
