@@ -164,3 +164,24 @@ def test_prior_initialization_and_usage_errors():
         LocalOptimizer(bound="iwae").fit(categorical, torch.zeros(3, 2))
     with pytest.raises(UsageError, match="stopping"):
         LocalOptimizer(stopping="never")
+
+
+def test_the_best_start_is_per_point_the_nearer_of_encoder_and_prior():
+    """init 'best': the encoder's rows where q_φ is the exact posterior (Fisher divergence 0), the prior's where the encoder is far off;
+    refused for a categorical z, which has no Fisher divergence."""
+    torch.manual_seed(0)
+    model, weight, bias = linear_gaussian()
+    x = model.sample(8)
+    cov = closed_form(weight, bias, x)[1].covariance_matrix[0]  # the same for every point
+    gain = cov @ weight.T / SIGMA**2
+    layer = model.encoder.net[0]
+    with torch.no_grad():
+        layer.weight.copy_(torch.cat([gain, torch.zeros_like(gain)]))
+        layer.bias.copy_(torch.cat([-gain @ bias, 0.5 * torch.diagonal(cov).log()]))
+    best = LocalOptimizer(init="best")
+    assert torch.equal(best.initial_params(model, x), LocalOptimizer().initial_params(model, x))
+    with torch.no_grad():
+        layer.bias[:3] += 50.0
+    assert torch.equal(best.initial_params(model, x), torch.zeros(8, 6))
+    with pytest.raises(UsageError, match="continuous z"):
+        best.fit(MixtureModel(2, 5), torch.zeros(3, 2))

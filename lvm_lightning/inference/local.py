@@ -16,11 +16,13 @@ from torch.distributions import Distribution
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import ELBO, STL, GradientEstimator, ImportanceSampling, elbo
+from lvm_lightning.objectives.ais import Init, fisher_divergence
+from lvm_lightning.objectives.estimators import DEFAULT_CHUNK_SIZE
 
 Bound = Literal["elbo", "iwae"]
 Precision = Literal["32", "bf16"]
-Init = Literal["encoder", "prior"]
 Stopping = Literal["point", "batch"]
+BEST_SAMPLES = 16  # draws of each start for init 'best' (AIS's init_samples)
 
 
 @dataclass
@@ -125,10 +127,16 @@ class LocalOptimizer:
 
     @torch.no_grad()
     def initial_params(self, model: LatentVariableModel, x: Tensor) -> Tensor:
-        """λ⁰ [N, P]: the encoder's output, or the parameters that make q_λ the prior."""
+        """λ⁰ [N, P]: the encoder's output, the parameters that make q_λ the prior, or ('best') per point the one of the two whose q
+        has the smaller Fisher divergence from p_θ(z|x), each from ``BEST_SAMPLES`` draws (as AIS chooses its start)."""
         if self.init == "encoder":
             return model.posterior_params(x).detach()
-        return model.prior_params().detach().expand(len(x), -1).clone()
+        prior = model.prior_params().detach().expand(len(x), -1).clone()
+        if self.init == "prior":
+            return prior
+        encoder = model.posterior_params(x).detach()
+        from_encoder, from_prior = (fisher_divergence(model, x, self.posterior(model, p), BEST_SAMPLES, DEFAULT_CHUNK_SIZE) for p in (encoder, prior))
+        return torch.where(~(from_encoder <= from_prior)[:, None], prior, encoder)  # the prior where the encoder's is not a number
 
     def objective(self, model: LatentVariableModel, x: Tensor, params: Tensor) -> Tensor:
         """L(λ_i; x_i) per point [N], θ held constant."""
@@ -153,7 +161,9 @@ class LocalOptimizer:
             return "bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO"
         if not model.enumerable and self.path_gradient().unsupported(model):  # an enumerable z is fit by the exact ELBO, whatever the gradient
             return self.path_gradient().unsupported(model)
-        if self.init == "prior":
+        if self.init == "best" and not model.continuous:
+            return "init 'best' compares the two starts by Fisher divergence, in z: it needs a continuous z; choose 'encoder' or 'prior'"
+        if self.init != "encoder":
             try:
                 with torch.no_grad():
                     model.prior_params()
