@@ -30,9 +30,9 @@ from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_proce
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.evaluation import PerPoint, estimate_all
 from lvm_lightning.files import write_atomically
-from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family
+from lvm_lightning.inference import AIS, LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family, simulate
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import AIS, Estimator, evaluation_estimators, simulate
+from lvm_lightning.objectives import Estimator, evaluation_estimators
 from lvm_lightning.rng import batch_seed, seeded_fork
 from lvm_lightning.runs import file_rows, load_run, run_data
 from lvm_lightning.timing import timed

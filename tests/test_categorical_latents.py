@@ -10,9 +10,10 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from lvm_lightning import evaluate
 from lvm_lightning.errors import UsageError
+from lvm_lightning.inference import AIS
 from lvm_lightning.models import VAE, CategoricalVAE, LatentVariableModel
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import AIS, VIMCO, DReG, Exact, ImportanceSampling, PriorSampling
+from lvm_lightning.objectives import VIMCO, DReG, Exact, ImportanceSampling, PriorSampling
 
 from conftest import ROOT, run_tool
 

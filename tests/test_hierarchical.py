@@ -10,10 +10,10 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from lvm_lightning.callbacks import ActiveUnits
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import LocalOptimizer, gap_decomposition
+from lvm_lightning.inference import AIS, LocalOptimizer, gap_decomposition
 from lvm_lightning.models import HierarchicalVAE
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import AIS, ELBO, STL, DReG, ImportanceSampling, PriorSampling, Reparameterized
+from lvm_lightning.objectives import ELBO, STL, DReG, ImportanceSampling, PriorSampling, Reparameterized
 
 from conftest import quiet_trainer
 

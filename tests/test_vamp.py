@@ -9,9 +9,10 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
+from lvm_lightning.inference import AIS
 from lvm_lightning.models import VAE, HierarchicalVAE
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import AIS, ImportanceSampling
+from lvm_lightning.objectives import ImportanceSampling
 
 from conftest import quiet_trainer
 

@@ -14,9 +14,9 @@ from lvm_lightning.callbacks.convergence import convergence_of
 from lvm_lightning.callbacks.due import DataCallback
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import REFINE_STEPS, LocalOptimizer, gap_decomposition, in_family, summarize_sums, unconverged_warning
+from lvm_lightning.inference import AIS, REFINE_STEPS, LocalOptimizer, gap_decomposition, in_family, summarize_sums, unconverged_warning
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import AIS, Estimator
+from lvm_lightning.objectives import Estimator
 from lvm_lightning.rng import seeded_fork
 
 

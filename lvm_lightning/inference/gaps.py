@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from lvm_lightning.inference.ais import AIS
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import AIS, Estimator, Exact, ImportanceSampling, elbo, tractable
+from lvm_lightning.objectives import Estimator, Exact, ImportanceSampling, elbo, tractable
 from lvm_lightning.timing import timed
 
 # k for the refinement curve: roughly log-spaced, cut at the optimizer's step cap.

@@ -14,9 +14,9 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.inference.ais import Init, fisher_divergence
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import ELBO, STL, GradientEstimator, ImportanceSampling, elbo
-from lvm_lightning.objectives.ais import Init, fisher_divergence
 from lvm_lightning.objectives.estimators import DEFAULT_CHUNK_SIZE
 
 Bound = Literal["elbo", "iwae"]
