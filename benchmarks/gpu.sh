@@ -34,7 +34,7 @@ with warnings.catch_warnings(record=True) as caught:
 print('synchronizing calls in one step:', len(caught), [str(w.message)[:80] for w in caught[:3]])"
 step images_epoch 200 python3 benchmarks/images_epoch.py --root "$root" --device cuda --steps 200 --repeats 2
 step local_inference 150 python3 benchmarks/local_inference.py --device cuda --points 1000 --steps 500 --serial-points 10
-# The single-GPU step time that docs/scaling.md's DDP estimate starts from (and DDP over all GPUs, when there are 2 or more).
+# The single-GPU step time that docs/results.md (scaling out)'s DDP estimate starts from (and DDP over all GPUs, when there are 2 or more).
 gpus=$(nvidia-smi -L | wc -l)
 devices=1; [ "$gpus" -ge 2 ] && devices="1 $gpus"
 step ddp_overhead 90 python3 benchmarks/ddp_overhead.py --accelerator gpu --devices $devices --steps 300 --warmup 30 --repeats 1 --root "$root"

@@ -10,6 +10,8 @@ its annotation too (a number where a number belongs, a mapping naming a class wh
 and only then is anything built. No other string is ever read as a class, a module or a file.
 """
 
+import collections.abc
+import functools
 import importlib
 import inspect
 import re
@@ -20,16 +22,19 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 import pytorch_lightning as pl
-from torch import nn
+from torch import nn, optim
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.objectives.estimators import Estimator
 from lvm_lightning.objectives.gradients import GradientEstimator
 
-NAMES = ("lvm_lightning", "torch.nn")  # what a stored class path may start with
-HOMES = ("lvm_lightning", "torch.nn.modules")  # where the class it names must be defined (torch.nn re-exports its layers from torch.nn.modules)
+NAMES = ("lvm_lightning", "torch.nn", "torch.optim")  # what a stored class path may start with
+# Where the class it names must be defined (torch.nn re-exports its layers from torch.nn.modules).
+HOMES = ("lvm_lightning", "torch.nn.modules", "torch.optim")
 # The kinds a slot can expect: a parameter annotated with a subclass of one of these takes a class; nothing else does.
 KINDS: tuple[type, ...] = (nn.Module, Estimator, GradientEstimator, pl.LightningDataModule)
+# The kinds a factory slot (Callable[..., kind], as LightningCLI's OptimizerCallable) can expect: it takes the class and its arguments, called later.
+FACTORY_KINDS: tuple[type, ...] = (optim.Optimizer, optim.lr_scheduler.LRScheduler, optim.lr_scheduler.ReduceLROnPlateau)
 # Never built from a checkpoint, whatever slot names them: a LightningModule is an nn.Module, but not a part.
 NEVER: tuple[type, ...] = (pl.LightningModule,)
 ANY = inspect.Parameter.empty  # an unannotated parameter: plain values, or a part (nn.Module)
@@ -81,10 +86,13 @@ class Recipe:
     cls: type
     args: dict[str, Any]
     where: str
+    factory: bool = False  # a factory slot takes partial(cls, **args): called later with what it is made from (an optimizer's parameters)
 
     def build(self) -> Any:
-        """cls(**args), the nested recipes built first; an argument the class refuses is a UsageError naming it."""
+        """cls(**args) (partial(cls, **args) for a factory slot), the nested recipes built first; an argument the class refuses is a UsageError naming it."""
         args = {key: build(value) for key, value in self.args.items()}
+        if self.factory:
+            return functools.partial(self.cls, **args)
         try:
             return self.cls(**args)
         except UsageError:
@@ -109,6 +117,12 @@ def _members(annotation: Any) -> list[Any]:
     if typing.get_origin(annotation) in (Union, types.UnionType):
         return [member for alternative in typing.get_args(annotation) for member in _members(alternative)]
     return [annotation]
+
+
+def _factory_kinds(annotation: Any) -> list[type]:
+    """The classes a factory annotation (``Callable[..., T]``) admits: those among T's alternatives that are ``FACTORY_KINDS``."""
+    made = [typing.get_args(m)[-1] for m in _members(annotation) if typing.get_origin(m) is collections.abc.Callable and typing.get_args(m)]
+    return [kind for result in made for kind in _members(result) if isinstance(kind, type) and issubclass(kind, FACTORY_KINDS)]
 
 
 def _kinds(annotation: Any) -> list[type]:
@@ -158,11 +172,14 @@ def _plain(value: Any, annotation: Any) -> bool:
 
 def conform(value: Any, annotation: Any, where: str, trusted: Sequence[str] = ()) -> Any:
     """``value`` checked against ``annotation``, each ``{class_path, init_args}`` in it turned into a checked Recipe; else UsageError."""
-    kinds = _kinds(annotation)
+    factories = _factory_kinds(annotation)
+    kinds = factories or _kinds(annotation)
     if isinstance(value, Mapping) and "class_path" in value:
         if not kinds:
             raise UsageError(f"the checkpoint's {where} names a class where a plain value belongs: do not load it")
-        return recipe(value, kinds, where, trusted)
+        made = recipe(value, kinds, where, trusted)
+        made.factory = bool(factories)
+        return made
     if isinstance(value, (list, tuple)):
         element = _element(annotation)
         if element is None:

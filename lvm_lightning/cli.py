@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
-from jsonargparse import ArgumentParser, Namespace, lazy_instance
+from jsonargparse import ArgumentParser, Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lvm_lightning.callbacks import (
@@ -26,11 +26,20 @@ from lvm_lightning.callbacks import (
 )
 from lvm_lightning.checkpoints import as_config, read_file, stored_arguments
 from lvm_lightning.classes import import_trusted
-from lvm_lightning.data import GaussianMixtureData, SplitData
+from lvm_lightning.data import SplitData
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.files import AtomicCheckpointIO
 from lvm_lightning.module import LVMModule
 from lvm_lightning.resume import Resume, resolve_resume
+from lvm_lightning.shipped import with_shipped_configs
+
+# The class each part takes unless a config or the command line names another.
+CLASS_DEFAULTS = {
+    "data": "lvm_lightning.data.GaussianMixtureData",
+    "model.lvm": "lvm_lightning.models.MixtureModel",
+    "model.estimator": "lvm_lightning.objectives.Exact",
+    "model.optimizer": "lvm_lightning.schedules.Adam",
+}
 
 
 class LVMCLI(LightningCLI):
@@ -42,7 +51,26 @@ class LVMCLI(LightningCLI):
 
     def __init__(self, *args: Any, resume: Optional[Resume] = None, trusted: Sequence[str] = (), **kwargs: Any) -> None:
         self.resume, self.trusted = resume, trusted
+        self.parsers: list[LightningArgumentParser] = []  # one per subcommand, each with the class defaults
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parses as LightningCLI does, once the class defaults are dropped where the command line or a config names another class:
+        jsonargparse would carry the default class's arguments into the one named (a MixtureModel's MLP encoder into a LinearGaussian)."""
+        given = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else None
+        if given is not None:
+            probe = [arg for arg in given if arg not in ("-h", "--help") and not arg.startswith("--print_config")]
+            try:
+                config = parser.parse_args(probe)
+            except Exception:  # reported by the parse below, with the defaults as they are
+                config = None
+            section = config.get(config.get("subcommand") or "", Namespace()) if config is not None else Namespace()
+            for key, class_path in CLASS_DEFAULTS.items():
+                chosen = section.get(key)
+                if isinstance(chosen, Namespace) and chosen.get("class_path") != class_path:
+                    for subparser in self.parsers:
+                        subparser.set_defaults({key: None})
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """As LightningCLI does, the model arguments stored in ``--ckpt_path``'s checkpoint replace the config's, but each checked
@@ -70,11 +98,10 @@ class LVMCLI(LightningCLI):
         parser.add_lightning_class_args(ActiveUnits, "active_units")
         parser.add_lightning_class_args(ScalarLayout, "scalar_layout")  # TensorBoard's CUSTOM SCALARS tab; --scalar_layout.enabled false: none
         parser.add_lightning_class_args(GradientSNR, "gradient_snr")  # off unless --gradient_snr.every_n_epochs N: it costs num_estimates steps
+        self.parsers.append(parser)
+        parser.set_defaults({key: {"class_path": class_path} for key, class_path in CLASS_DEFAULTS.items()})
         parser.set_defaults(
             {
-                "data": lazy_instance(GaussianMixtureData),
-                "model.lvm": {"class_path": "lvm_lightning.models.MixtureModel"},
-                "model.estimator": {"class_path": "lvm_lightning.objectives.Exact"},
                 "checkpoint.save_last": True,
                 "gradient_snr.every_n_epochs": 0,
                 # After the callbacks' epoch-end work (the gap's draws), so that a resumed run repeats none of it.
@@ -182,6 +209,7 @@ def main(args: Optional[list[str]] = None) -> None:
     with one_line_errors("lvm-train fit"):
         # LightningCLI reads --ckpt_path's hyperparameters as it parses: a damaged file must be caught before that.
         # --trust is ours, not LightningCLI's: the modules whose classes a resumed checkpoint may name (your own, as for lvm-evaluate).
+        argv = with_shipped_configs(argv)
         trusted = option_values(argv, "--trust")
         argv = with_option(argv, "--trust", None)
         import_trusted(trusted)

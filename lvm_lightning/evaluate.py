@@ -26,6 +26,7 @@ from torch import Tensor
 from lvm_lightning.callbacks.convergence import convergence_note
 from lvm_lightning.cross_check import cross_check
 from lvm_lightning.data import true_log_prob
+from lvm_lightning.data_checks import check_values
 from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_process_group_setup
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.evaluation import PerPoint, estimate_all
@@ -239,7 +240,7 @@ def evaluate_checkpoint(
         x = datamodule.splits["test"]
         report["data"] = {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}", "split": "test"}
     x = x.to(device)
-    module.check_values(x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
+    check_values(module.lvm, x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
     chosen = evaluation_estimators(model, num_samples, chunk_size, estimators, (ais,))
     if devices > 1:
         batches, seconds, memory = sharded_estimates(model, x, chosen, batch_size, seed, devices, torch.device(device).type)

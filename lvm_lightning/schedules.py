@@ -1,21 +1,106 @@
-"""Learning-rate schedules: ``constant``; ``cosine``, from lr to 0 over the run's steps (a short budget);
-``burda``, the IWAE paper's 3^i epochs at lr·10^(−i/7) (a factor per epoch); ``plateau``, lr halved whenever
-validation log p(x) stops rising (torch's ReduceLROnPlateau: large steps while they help, small ones to settle)."""
+"""The optimizer and learning-rate schedules, as classes for LVMModule's ``optimizer`` and ``lr_scheduler`` (LightningCLI's
+``OptimizerCallable`` / ``LRSchedulerCallable``: each is called with the parameters, or the optimizer, when fit starts).
 
-from typing import Any, Literal
+``Adam`` is torch's, fused where it can be; ``Plateau`` halves lr whenever validation log p(x) stops rising; ``Cosine`` takes lr to 0
+over the run's steps; ``Burda`` is the IWAE paper's 3^i epochs at lr·10^(−i/7). A schedule of one's own is any torch scheduler class.
+"""
 
-LRSchedule = Literal["constant", "cosine", "burda", "plateau"]
+import math
+from typing import Any, Iterable, Optional, Union
 
-PLATEAU_MONITOR = "val/log_px"  # the module's tightest validation estimate of log p(x), nats per point
-# lr·½ after 2 validations in a row without a rise of 0.001 nats per point over the best: Adam's noise at a fixed lr is
-# of that order on the shipped models, so a smaller threshold would wait on noise and a larger one halve too early.
-PLATEAU: dict[str, Any] = {"mode": "max", "factor": 0.5, "patience": 2, "threshold": 1e-3, "threshold_mode": "abs"}
+import pytorch_lightning as pl
+import torch
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
+
+from lvm_lightning.errors import UsageError
+
+MONITOR = "val/log_px"  # the module's tightest validation estimate of log p(x), nats per point
 
 BURDA_STAGES = 8  # stages i = 0..7 of Burda et al. (2016), 3^i epochs each: 3280 epochs in all
 BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))
+
+
+class Adam(torch.optim.Adam):
+    """torch's Adam (lr 1e-2 unless given), with its fused kernel wherever every parameter allows it (CPU and CUDA floats)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if not lr >= 0:
+            raise UsageError(f"lr must be >= 0, got {lr}: pass e.g. --model.optimizer.init_args.lr 0.001")
+        if not eps > 0:
+            raise UsageError(f"eps must be positive, got {eps}: pass e.g. --model.optimizer.init_args.eps 1e-8")
+        params = list(params)
+        tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+        # The fused kernel does the same update in one pass over all parameters; torch's CPU default loops over them in Python.
+        fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)
+
+
+class Schedule:
+    """A schedule that tells Lightning how to step it: ``lightning_config(trainer)`` is its ``lr_scheduler`` entry."""
+
+    interval = "epoch"
+
+    def lightning_config(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """The ``lr_scheduler`` dictionary of ``configure_optimizers`` for this schedule in ``trainer``'s run."""
+        return {"scheduler": self, "interval": self.interval}
+
+
+class Plateau(Schedule, ReduceLROnPlateau):
+    """lr·``factor`` after ``patience`` validations in a row without a rise of ``threshold`` nats per point in val/log_px."""
+
+    # Adam's noise at a fixed lr is of the order of 0.001 nats per point on the shipped models: a smaller threshold would
+    # wait on noise, a larger one halve too early.
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: float = 0.5, patience: int = 2, threshold: float = 1e-3) -> None:
+        super().__init__(optimizer, mode="max", factor=factor, patience=patience, threshold=threshold, threshold_mode="abs")
+
+    def lightning_config(self, trainer: pl.Trainer) -> dict[str, Any]:
+        # Stepped at each validation with the monitored value: every check_val_every_n_epoch epochs, or every val_check_interval
+        # steps where validation runs by steps. With validation off Lightning warns and lr stays (strict False), not a crash.
+        every_epochs = trainer.check_val_every_n_epoch
+        interval, every = ("epoch", every_epochs) if every_epochs is not None else ("step", int(trainer.val_check_interval))
+        return {"scheduler": self, "monitor": MONITOR, "interval": interval, "frequency": every, "strict": False}
+
+
+class Cosine(Schedule, LambdaLR):
+    """lr·½(1 + cos(π t/T)) at step t of the run's T steps (``total_steps``, or the trainer's estimate): 0 at the last step."""
+
+    interval = "step"
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: Optional[int] = None) -> None:
+        self.total_steps = total_steps
+        super().__init__(optimizer, lambda step: self.factor(step))
+
+    def factor(self, step: int) -> float:
+        """½(1 + cos(π min(t, T)/T)); 1 before T is known."""
+        total = self.total_steps
+        return 1.0 if not total else 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    def lightning_config(self, trainer: pl.Trainer) -> dict[str, Any]:
+        if self.total_steps is None:
+            self.total_steps = int(trainer.estimated_stepping_batches)
+        return super().lightning_config(trainer)
+
+
+class Burda(Schedule, LambdaLR):
+    """Burda et al. (2016): stage i = 0..7 lasts 3^i epochs at lr·10^(−i/7)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(optimizer, burda_lr_factor)
 
 
 def burda_lr_factor(epoch: int) -> float:
     """10^(−i/7) during stage i, which spans epochs (3^i − 1)/2 … (3^(i+1) − 3)/2; the last stage's factor after that."""
     stage = sum((3**i - 1) // 2 <= epoch for i in range(1, BURDA_STAGES))
     return 10 ** (-stage / 7)
+
+
+def lightning_config(scheduler: Union[LRScheduler, ReduceLROnPlateau], trainer: pl.Trainer) -> dict[str, Any]:
+    """The ``lr_scheduler`` entry of ``configure_optimizers``: the schedule's own, or Lightning's default (stepped each epoch)."""
+    return scheduler.lightning_config(trainer) if isinstance(scheduler, Schedule) else {"scheduler": scheduler}

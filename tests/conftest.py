@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +55,24 @@ def module_from_config(config: Path, data_dim: int) -> "LVMModule":  # noqa: F82
     from lvm_lightning.cli import build_module
 
     return build_module(yaml.safe_load(config.read_text())["model"], data_dim)
+
+
+FAST = ["--trainer.enable_progress_bar", "false", "--data.num_train", "1000", "--data.num_val", "500", "--data.num_test", "500"]
+QUIET = ["--amortization_gap.every_n_epochs", "0"]
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Every scalar a TensorBoard run folder holds, by tag, in step order."""
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def gap_callback():
+    """A small, fast amortization-gap callback: every epoch, 32 points, 30 steps of q*."""
+    from lvm_lightning.callbacks import AmortizationGap
+    from lvm_lightning.inference import LocalOptimizer
+
+    return AmortizationGap(
+        every_n_epochs=1, num_points=32, optimizer=LocalOptimizer(max_steps=30), refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50
+    )

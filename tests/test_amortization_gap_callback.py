@@ -1,5 +1,6 @@
 """The AmortizationGap callback: logs gap/… to TensorBoard and leaves training exactly as it would have been."""
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from lvm_lightning.inference import AIS, LocalOptimizer
 from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact, ImportanceSampling
+from lvm_lightning.schedules import Adam
 
-from conftest import quiet_trainer
+from conftest import gap_callback, quiet_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -37,12 +39,6 @@ def fit(tmp_path, callbacks: list, name: str, model: type = VAE) -> tuple[pl.Tra
     trainer = quiet_trainer(max_epochs=2, logger=TensorBoardLogger(str(tmp_path), name=name), callbacks=callbacks, enable_checkpointing=False)
     trainer.fit(module, datamodule=data)
     return trainer, module
-
-
-def gap_callback() -> AmortizationGap:
-    return AmortizationGap(
-        every_n_epochs=1, num_points=32, optimizer=LocalOptimizer(max_steps=30), refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50
-    )
 
 
 def test_training_is_bit_identical_with_the_callback_and_gaps_reach_tensorboard(tmp_path):
@@ -104,7 +100,7 @@ def gaps_logged(tmp_path, devices: int) -> dict[str, float]:
     """gap/… after one epoch at lr 0 (weights stay at their seeded init) of a categorical model, on 1 or 2 CPU processes."""
     pl.seed_everything(0)
     data = GaussianMixtureData(num_clusters=4, num_train=256, num_val=64, num_test=64, batch_size=64)
-    module = LVMModule(MixtureModel(2, 6, encoder_hidden=(16,)), Exact(), lr=0.0)
+    module = LVMModule(MixtureModel(2, 6, encoder_hidden=(16,)), Exact(), optimizer=partial(Adam, lr=0.0))
     callback = AmortizationGap(every_n_epochs=1, num_points=33, optimizer=LocalOptimizer(max_steps=40, lr=0.1), refine_steps=(0, 10))
     trainer = pl.Trainer(
         max_epochs=1,

@@ -1,6 +1,8 @@
 """End to end as a user runs it: train.py, TensorBoard read back, evaluation in a fresh process, clear errors, resume."""
 
+import inspect
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,23 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lvm_lightning import LVMModule, evaluate
-from lvm_lightning.cli import main
-from lvm_lightning.models import MixtureModel
+from lvm_lightning.cli import LVMCLI, main
+from lvm_lightning.data import NumpyData
+from lvm_lightning.models import LinearGaussian, MixtureModel
 from lvm_lightning.objectives import Exact
 
-from conftest import ROOT, run_tool
-
-FAST = ["--trainer.enable_progress_bar", "false", "--data.num_train", "1000", "--data.num_val", "500", "--data.num_test", "500"]
-QUIET = ["--amortization_gap.every_n_epochs", "0"]
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    accumulator = EventAccumulator(str(run_dir))
-    accumulator.Reload()
-    return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+from conftest import FAST, QUIET, ROOT, run_tool, scalars
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +135,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
     "args, message",
     [
         (["--data.batch_size", "0"], "batch sizes must be >= 1"),
-        (["--model.lr", "-1"], "lr must be >= 0"),
+        (["--model.optimizer.init_args.lr", "-1"], "lr must be >= 0"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "real.npy", "--model.lvm.likelihood", "bernoulli"], "needs binary values"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge.npy"], "beyond float32"),
         (["--config", "CONFIGS/numpy_file.yaml", "--data.path", "huge32.npy", "--data.standardize", "false"], "values up to |x| = 1e+30, beyond the 1e+06"),
@@ -155,6 +150,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
         (["--trainer.accelerator", "tpu"], "a package this run needs is missing"),
         (["--config", "CONFIGS/numpy_file.yaml"], "missing --data.path"),
         (["--config", "empty.yaml"], "the config file is empty"),
+        (["--config", "no_such_config"], "mixture_vae"),  # neither a file nor a shipped config: the shipped ones are listed
         (["--ckpt_path", "truncated.ckpt"], "damaged or truncated"),
         (["--ckpt_path", "old/last.ckpt"], "not found"),
     ],
@@ -251,11 +247,11 @@ def test_a_loss_gone_nan_stops_the_run_at_that_step_with_one_line(tmp_path, monk
     """A learning rate of 1e30 throws the weights to ±1e30 at the first step: the next step's loss overflows, and the run stops there."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--model.lr", "1e30", "--trainer.max_epochs", "3", *FAST, *QUIET])
+        main(["fit", "--model.optimizer.init_args.lr", "1e30", "--trainer.max_epochs", "3", *FAST, *QUIET])
     assert exit_info.value.code == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert "the training loss became NaN or infinite (" in line and "log p(x|z) non-finite) at step 1 (epoch 0)" in line, line
-    assert "last good checkpoint: none yet" in line and line.endswith("Lower --model.lr")  # data of scale 5: the step size is at fault
+    assert "last good checkpoint: none yet" in line and line.endswith("(--model.optimizer.init_args.lr)")  # data of scale 5: the step size is at fault
     assert not list(tmp_path.glob("runs/default/version_0/checkpoints/*.ckpt"))  # no NaN model saved
 
 
@@ -308,11 +304,28 @@ def test_every_shipped_config_runs(config, tmp_path, monkeypatch):
     if config.startswith(("mnist", "fashion")):
         pytest.skip("image configs are exercised by the image tests")
     monkeypatch.chdir(tmp_path)
-    args = ["fit", "--config", str(ROOT / "configs" / config), "--trainer.fast_dev_run", "2", "--trainer.enable_progress_bar", "false"]
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / config),
+        "--trainer.fast_dev_run",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     if config.startswith("numpy_"):
-        np.save(tmp_path / "mine.npy", np.random.default_rng(0).normal(size=(100, 4)))
+        np.save(tmp_path / "mine.npy", np.random.default_rng(0).normal(size=(2000, 4)))  # two batches at least
         args += ["--data.path", "mine.npy"]
+    seen = {}
+    monkeypatch.setattr(LVMCLI, "after_fit", lambda cli: seen.update(trainer=cli.trainer, model=cli.model))
     main(args)
+    stated = yaml.safe_load((ROOT / "configs" / config).read_text())["model"]
+    trainer, model = seen["trainer"], seen["model"]
+    assert trainer.global_step == 2 and math.isfinite(float(trainer.callback_metrics["train/loss"]))  # two finite training steps
+    for part in ("lvm", "estimator"):  # the config's own classes, not the defaults'
+        assert f"{type(getattr(model, part)).__module__}.{type(getattr(model, part)).__name__}".endswith(stated[part]["class_path"].rpartition(".")[2])
 
 
 def test_killed_and_resumed_run_matches_the_uninterrupted_one(tmp_path, monkeypatch):
@@ -406,3 +419,20 @@ def test_more_processes_than_cores_is_warned(tmp_path):
     result = run_tool([*args, "--trainer.fast_dev_run", "1", *FAST], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"warning: {devices} processes on {os.cpu_count()} CPU cores: each step waits for the slowest; pass --trainer.devices" in result.stderr
+
+
+def test_a_class_given_in_a_config_takes_its_own_defaults_not_the_default_classs(tmp_path, monkeypatch, capsys):
+    """LinearGaussian's linear encoder and NumpyData's batch size, not MixtureModel's MLP and GaussianMixtureData's (jsonargparse carries them)."""
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(50, 3)))
+    (tmp_path / "own.yaml").write_text(
+        "model: {lvm: {class_path: lvm_lightning.models.LinearGaussian, init_args: {latent_dim: 2}}}\n"
+        "data: {class_path: lvm_lightning.data.NumpyData, init_args: {path: x.npy}}\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "own.yaml", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    own = {cls: inspect.signature(cls).parameters for cls in (LinearGaussian, NumpyData)}
+    assert config["model"]["lvm"]["init_args"]["encoder_hidden"] == list(own[LinearGaussian]["encoder_hidden"].default)
+    assert config["data"]["init_args"]["eval_batch_size"] == own[NumpyData]["eval_batch_size"].default
+    assert config["model"]["estimator"]["class_path"] == "lvm_lightning.objectives.Exact"  # a default where none is named

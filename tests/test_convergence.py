@@ -1,6 +1,7 @@
 """Reaching the known optimum and saying when it was not reached: pPCA against its closed-form MLE, the convergence signal, the plateau schedule."""
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,6 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from sklearn.decomposition import PCA
-from test_amortization_gap_callback import gap_callback
-from test_cli import scalars
 
 from lvm_lightning.callbacks import Convergence, convergence_note
 from lvm_lightning.callbacks.convergence import verdict
@@ -20,8 +19,9 @@ from lvm_lightning.errors import UsageError
 from lvm_lightning.models import MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact
+from lvm_lightning.schedules import Adam, Plateau
 
-from conftest import ROOT, quiet_trainer
+from conftest import ROOT, gap_callback, quiet_trainer, scalars
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -94,7 +94,7 @@ def test_early_stopping_ends_a_converged_run_and_the_state_survives_the_checkpoi
     convergence = Convergence(window=3, tolerance=0.01)
     stopping = EarlyStopping(monitor="val/log_px", mode="max", patience=3, min_delta=0.01)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
-    trainer, _ = fit(tmp_path, 200, [convergence, stopping, checkpoint], lr=0.05)
+    trainer, _ = fit(tmp_path, 200, [convergence, stopping, checkpoint], optimizer=partial(Adam, lr=0.05))
     assert trainer.current_epoch < 200 and convergence.verdict().converged
     assert "not converged" not in capsys.readouterr().err
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
@@ -129,7 +129,7 @@ def test_the_gap_callback_says_when_it_measures_an_unconverged_model(tmp_path, c
 
 def test_plateau_schedule_halves_the_lr_when_validation_stalls(tmp_path):
     # lr 1e-6: validation log p(x) cannot rise by 0.001; after the first validation and 2 more without a rise, the next halves the lr.
-    trainer, _ = fit(tmp_path, 4, [], lr=1e-6, lr_schedule="plateau")
+    trainer, _ = fit(tmp_path, 4, [], optimizer=partial(Adam, lr=1e-6), lr_scheduler=Plateau)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.5e-6)
 
 

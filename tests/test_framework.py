@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lvm_lightning import LVMModule
 from lvm_lightning.cli import main
 from lvm_lightning.errors import UsageError
+from lvm_lightning.models import LatentVariableModel
 
 from conftest import ROOT, run_tool
 
@@ -228,6 +229,10 @@ def test_pip_install_gives_console_commands_that_work_from_any_folder(tmp_path):
     evaluate = subprocess.run([str(venv / "bin" / "lvm-evaluate"), str(checkpoint), "--num_samples", "20", "--gap_points", "0"],
                               capture_output=True, text=True, cwd=work, env=env)  # fmt: skip
     assert evaluate.returncode == 0 and "importance_sampling" in evaluate.stdout, evaluate.stderr[-3000:]
+    shipped = subprocess.run(
+        [str(venv / "bin" / "lvm-train"), "fit", "--config", "mixture_vae", "--print_config"], capture_output=True, text=True, cwd=work, env=env
+    )
+    assert shipped.returncode == 0 and "class_path: lvm_lightning.models.VAE" in shipped.stdout, shipped.stderr[-3000:]  # a shipped config by name
     module = subprocess.run([str(python), "-m", "lvm_lightning.evaluate", "--help"], capture_output=True, text=True, cwd=work, env=env)
     assert module.returncode == 0 and "--gap.max_steps" in module.stdout
 
@@ -294,3 +299,53 @@ def test_a_run_of_the_users_own_classes_resumes_with_trust(user_run):
     resumed = run_tool([*resume, "--trust", "my_models"], user_run)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+
+
+class _Prior(torch.nn.Module):
+    def forward(self):
+        return torch.distributions.Independent(torch.distributions.Normal(torch.zeros(2), torch.ones(2)), 1)
+
+
+class _Net(torch.nn.Module):
+    """A linear map whose output ``wrap`` turns into what the part returns."""
+
+    def __init__(self, inputs: int, outputs: int, wrap) -> None:
+        super().__init__()
+        self.linear, self.wrap = torch.nn.Linear(inputs, outputs), wrap
+
+    def forward(self, value):
+        return self.wrap(self.linear(value))
+
+
+def _gaussian(mean):
+    return torch.distributions.Independent(torch.distributions.Normal(mean, 1.0), 1)
+
+
+def _fails(mean):
+    raise ValueError("a bug in the user's encoder")
+
+
+@pytest.mark.parametrize(
+    "decoder, encoder, part, says",
+    [
+        (lambda m: m.sum(-1), _gaussian, "decoder", "must return a torch.distributions.Distribution"),
+        (lambda m: torch.distributions.Normal(m, 1.0), _gaussian, "decoder", "Independent"),
+        (_gaussian, _fails, "encoder", "ValueError"),
+        (_gaussian, lambda m: torch.distributions.Normal(m, 1.0), "encoder", "event shape"),
+    ],
+)
+def test_a_part_that_breaks_its_contract_is_named_in_one_line_at_construction(decoder, encoder, part, says):
+    with pytest.raises(UsageError) as error:
+        LatentVariableModel(_Prior(), _Net(2, 5, decoder), _Net(5, 2, encoder), data_dim=5)
+    message = str(error.value)
+    assert message.startswith(f"the {part}") and says in message and "\n" not in message
+
+
+def test_parts_that_keep_their_contracts_build_a_model_without_touching_the_random_stream_beyond_one_prior_draw():
+    decoder, encoder = _Net(2, 5, _gaussian), _Net(5, 2, _gaussian)
+    torch.manual_seed(0)
+    LatentVariableModel(_Prior(), decoder, encoder, data_dim=5)
+    after_model = torch.rand(1)
+    torch.manual_seed(0)
+    _Prior()().sample((1,))
+    assert torch.equal(torch.rand(1), after_model)

@@ -14,7 +14,8 @@ from lvm_lightning.errors import UsageError
 from lvm_lightning.models import VAE, LinearGaussian
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import DReG, ImportanceSampling, Reparameterized
-from tests.conftest import quiet_trainer
+
+from conftest import quiet_trainer
 
 
 def rainforth_model(seed: int, dim: int = 2, num_points: int = 8) -> tuple[LinearGaussian, torch.Tensor]:

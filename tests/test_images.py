@@ -3,6 +3,7 @@
 import gzip
 import math
 import struct
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +26,7 @@ from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.models.families import BernoulliFamily
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact, ImportanceSampling
-from lvm_lightning.schedules import BURDA_EPOCHS, burda_lr_factor
+from lvm_lightning.schedules import BURDA_EPOCHS, Adam, Burda, Cosine, burda_lr_factor
 
 from conftest import module_from_config
 
@@ -240,8 +241,8 @@ def test_burda_schedule() -> None:
         assert burda_lr_factor(start) == pytest.approx(10 ** (-i / 7))
         assert burda_lr_factor(start - 1) == pytest.approx(10 ** (-max(i - 1, 0) / 7))
     assert burda_lr_factor(BURDA_EPOCHS + 10) == pytest.approx(0.1)
-    config = LVMModule(MixtureModel(), Exact(), lr=1e-3, lr_schedule="burda").configure_optimizers()
-    scheduler = config["lr_scheduler"]
+    config = LVMModule(MixtureModel(), Exact(), optimizer=partial(Adam, lr=1e-3), lr_scheduler=Burda).configure_optimizers()
+    scheduler = config["lr_scheduler"]["scheduler"]
     for _ in range(4):
         scheduler.step()
     assert config["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3 * 10 ** (-2 / 7))
@@ -257,7 +258,7 @@ def test_cosine_schedule_decays_from_lr_to_zero_over_the_runs_steps() -> None:
 
     record = RecordLR()
     trainer = pl.Trainer(max_epochs=3, logger=False, callbacks=[record], enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
-    module = LVMModule(MixtureModel(), Exact(), lr=0.01, lr_schedule="cosine", adam_eps=1e-4)
+    module = LVMModule(MixtureModel(), Exact(), optimizer=partial(Adam, lr=0.01, eps=1e-4), lr_scheduler=Cosine)
     trainer.fit(module, datamodule=GaussianMixtureData(num_train=200, num_val=50, num_test=50, batch_size=50))
     total = len(record.lrs)
     assert total == 12 and trainer.optimizers[0].param_groups[0]["eps"] == 1e-4
@@ -267,7 +268,7 @@ def test_cosine_schedule_decays_from_lr_to_zero_over_the_runs_steps() -> None:
 
 def tiny_module(likelihood: str = "bernoulli") -> LVMModule:
     lvm = VAE(784, 2, encoder_hidden=(8, 16), decoder_hidden=(16, 8), likelihood=likelihood, network="conv", image_shape=(1, 28, 28))
-    return LVMModule(lvm, ImportanceSampling(2), eval_num_samples=4, lr=1e-3)
+    return LVMModule(lvm, ImportanceSampling(2), eval_num_samples=4, optimizer=partial(Adam, lr=1e-3))
 
 
 def test_grey_levels_take_a_continuous_likelihood_and_refuse_bernoulli(flat: Path, tmp_path: Path) -> None:

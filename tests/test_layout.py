@@ -61,11 +61,17 @@ def test_a_run_writes_one_layout_whose_charts_hold_the_logged_tags(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra", [["--scalar_layout.enabled", "false"], ["--trainer.logger", "{class_path: pytorch_lightning.loggers.CSVLogger, init_args: {save_dir: logs}}"]]
+    "extra, tensorboard",
+    [
+        (["--scalar_layout.enabled", "false"], True),
+        (["--trainer.logger", "{class_path: pytorch_lightning.loggers.CSVLogger, init_args: {save_dir: logs}}"], False),
+    ],
 )
-def test_the_layout_is_off_when_asked_or_without_tensorboard(tmp_path, monkeypatch, extra):
+def test_the_layout_is_off_when_asked_or_without_tensorboard(tmp_path, monkeypatch, extra, tensorboard):
     monkeypatch.chdir(tmp_path)
     main(["fit", *TINY, *extra])  # in this process: the option's effect, not a fresh start, is under test
     event_files = list(tmp_path.rglob("events.out.tfevents.*"))
-    assert event_files or list(tmp_path.rglob("metrics.csv"))  # the run logged, to TensorBoard or the CSV file
-    assert all(read_run(path.parent)[0] == [] for path in event_files)
+    if tensorboard:  # TensorBoard logged the run's scalars, but no layout
+        assert event_files and all(read_run(path.parent)[0] == [] for path in event_files)
+    else:  # the CSV logger logged it, and no TensorBoard file was written for a layout
+        assert list(tmp_path.rglob("metrics.csv")) and not event_files

@@ -1,5 +1,7 @@
 """The Gaussian mixture's data-dependent start: k-means in torch, the table set in its unconstrained form, the optimum reached, seeded, never redone on resume."""
 
+from functools import partial
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -10,10 +12,15 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.data.synthetic import SyntheticData
 from lvm_lightning.errors import UsageError
-from lvm_lightning.models import MixtureModel
+from lvm_lightning.models import VAE, LatentVariableModel, MixtureModel
+from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian
 from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
+from lvm_lightning.models.lvm import Conditional
+from lvm_lightning.models.networks import mlp
+from lvm_lightning.models.priors import CategoricalPrior
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact
+from lvm_lightning.schedules import Adam
 
 from conftest import quiet_trainer
 
@@ -36,8 +43,12 @@ def trainer(epochs: int, **kwargs) -> pl.Trainer:
 
 
 def mean_log_px(module: LVMModule, x: torch.Tensor) -> float:
+    return mean_log_px_of(module.lvm, x)
+
+
+def mean_log_px_of(model, x: torch.Tensor) -> float:
     with torch.no_grad():
-        return float(Exact().estimate(module.lvm, x).log_px.mean())
+        return float(Exact().estimate(model, x).log_px.mean())
 
 
 def test_kmeans_finds_separated_clusters_and_the_mixture_density_is_torchs():
@@ -87,7 +98,7 @@ def test_trained_mixture_reaches_the_true_density_and_em():
     """Held-out log-likelihood within 0.02 nats per point of the generating mixture's, and of EM's (scikit-learn, k-means start, 5 restarts)."""
     pl.seed_everything(0)
     data = KnownMixture()
-    module = LVMModule(MixtureModel(2, 8), Exact(), lr=0.01)
+    module = LVMModule(MixtureModel(2, 8), Exact(), optimizer=partial(Adam, lr=0.01))
     trainer(15, limit_val_batches=0, num_sanity_val_steps=0).fit(module, datamodule=data)
     test = data.splits["test"]
     model, true = mean_log_px(module, test), float(data.true_density.log_prob(test).mean())
@@ -127,3 +138,21 @@ def test_the_start_is_not_redone_on_resume_or_after_loading(tmp_path, monkeypatc
     fresh = LVMModule(MixtureModel(2, 8), Exact())
     trainer(1, limit_train_batches=0, limit_val_batches=0).fit(fresh, datamodule=data)
     assert calls == [500]  # a fresh module does start from the data
+
+
+def test_a_mixture_built_from_parts_starts_from_kmeans_as_the_shipped_one():
+    """The k-means start is the model's by its shape (categorical prior, a table of diagonal Gaussians), not by its class."""
+    x = KnownMixture(num_train=2000).load_splits()["train"]
+    shipped = MixtureModel(2, 8, encoder_hidden=(16,))
+    parts = LatentVariableModel(
+        CategoricalPrior(8, learn=True),
+        Conditional(mlp(8, 4, (), categorical_input=True), DiagonalGaussian(2)),
+        Conditional(mlp(2, 8, (16,)), CategoricalFamily(8)),
+    )
+    assert parts.kmeans is not None and VAE(2, 2).kmeans is None and MixtureModel(2, 8, init="random").kmeans is None
+    for model in (shipped, parts):
+        torch.manual_seed(5)
+        model.initialize(x)
+    assert torch.equal(parts.decoder.net[0].weight, shipped.decoder.net[0].weight)
+    assert torch.equal(parts.prior.logits, shipped.prior.logits)
+    assert mean_log_px_of(parts, x) > mean_log_px_of(MixtureModel(2, 8, init="random"), x) + 1  # the start, not the random weights

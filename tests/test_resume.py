@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import FAST, QUIET, scalars
 
 from lvm_lightning.cli import main
 from lvm_lightning.files import write_atomically
 
-from conftest import ROOT
+from conftest import FAST, QUIET, ROOT, scalars
 
 COMMON = ["--model.estimator", "lvm_lightning.objectives.ImportanceSampling", "--model.estimator.num_samples", "3", *FAST, *QUIET]
 COMMON += ["--density_plot.every_n_epochs", "0"]

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 
 from lvm_lightning.errors import UsageError
-from lvm_lightning.schedules import PLATEAU_MONITOR
+from lvm_lightning.schedules import MONITOR
 
 STATE_KEY = "Convergence"  # its entry in a checkpoint's "callbacks", one per run
 
@@ -65,7 +65,7 @@ class Convergence(pl.Callback):
     """After each validation, whether ``monitor`` (the module's tightest validation log p(x)) rose by more than ``tolerance`` nats per point
     over the last ``window`` validations: logs val/converged (1 or 0) and val/improvement, and at the end of fit says so when it had not converged."""
 
-    def __init__(self, window: int = 5, tolerance: float = 0.01, monitor: str = PLATEAU_MONITOR) -> None:
+    def __init__(self, window: int = 5, tolerance: float = 0.01, monitor: str = MONITOR) -> None:
         if window < 1 or not tolerance >= 0:
             raise UsageError(f"convergence.window must be >= 1 and convergence.tolerance >= 0, got {window} and {tolerance}")
         self.window, self.tolerance, self.monitor = window, tolerance, monitor

@@ -16,7 +16,7 @@ from lvm_lightning.errors import UsageError
 from lvm_lightning.models.conv import ConvDecoder, ConvEncoder
 from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, IndependentCategoricalFamily, Likelihood, likelihood_family
 from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian, LocalFlow
-from lvm_lightning.models.kmeans import DiagonalMixture, kmeans_plus_plus, lloyd
+from lvm_lightning.models.kmeans import KMeansStart
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import CategoricalPrior, IndependentCategoricalPrior, StandardNormalPrior
@@ -41,7 +41,6 @@ def posterior_family(name: str, latent_dim: int) -> nn.Module:
 
 
 MixtureInit = Literal["auto", "kmeans", "random"]
-INIT_ROWS = 100_000  # k-means on at most this many training rows (drawn at random): more change the start little and cost more
 
 
 def conditionals(
@@ -138,40 +137,7 @@ class MixtureModel(LatentVariableModel):
         self.common_scale = decoder_std != "learned"  # one σ for every column stays one σ only under one scale
         self.init = "kmeans" if init == "auto" and table else "random" if init == "auto" else init
         self.num_components, self.n_init = num_components, n_init
-
-    @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
-        """The data start of every model, then with init 'kmeans' the components from k-means clusters of the training rows ``x``
-        [N, D] (in standard units), the best of n_init runs by mean log p(x)."""
-        super().initialize(x)
-        if self.init != "kmeans":
-            return
-        x = self.units.standardize(x)
-        if len(x) > INIT_ROWS:
-            x = x[torch.randperm(len(x), device=x.device)[:INIT_ROWS]]
-        runs = [
-            self._constrained(DiagonalMixture.of_clusters(x, lloyd(x, kmeans_plus_plus(x, self.num_components)), self.num_components))
-            for _ in range(self.n_init)
-        ]
-        best = max(runs, key=lambda mixture: float(mixture.log_prob(x).mean()))
-        family, table = self.decoder.family, self.decoder.net[0].weight  # [C, P], P = 2D ([μ, log σ]) or D (μ)
-        table.copy_(torch.cat([best.means, 0.5 * best.variances.log()], 1) if family.std == "learned" else best.means)
-        if family.std == "shared":
-            family.log_std.copy_(0.5 * best.variances[0, 0].log())
-        if isinstance(self.prior.logits, nn.Parameter):
-            self.prior.logits.copy_(best.log_weights)
-
-    def _constrained(self, mixture: DiagonalMixture) -> DiagonalMixture:
-        """``mixture`` within this model's family: uniform weights unless the prior is learned, one pooled variance for a shared σ, σ² for a fixed σ."""
-        log_weights, variances = mixture.log_weights, mixture.variances
-        std = self.decoder.family.std
-        if std == "shared":
-            variances = torch.full_like(variances, float(log_weights.exp() @ variances.mean(1)))
-        elif std != "learned":
-            variances = torch.full_like(variances, float(std) ** 2)
-        if not isinstance(self.prior.logits, nn.Parameter):
-            log_weights = torch.zeros_like(log_weights)
-        return DiagonalMixture(log_weights, mixture.means, variances)
+        self.kmeans = KMeansStart(n_init) if self.init == "kmeans" else None
 
 
 class CategoricalVAE(LatentVariableModel):

@@ -9,6 +9,8 @@ from torch.distributions import Distribution, constraints
 from torch.func import functional_call
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.models.contracts import check_parts
+from lvm_lightning.models.kmeans import KMeansStart
 from lvm_lightning.models.units import Units
 
 
@@ -90,15 +92,14 @@ class LatentVariableModel(nn.Module):
         self.prior = prior
         self.decoder = decoder
         self.encoder = encoder
+        rows = check_parts(prior, decoder, encoder, data_dim)
         # Whether log p(x) = log Σ_z p(z) p(x|z) can be enumerated: asked of the prior, once.
         self.enumerable: bool = bool(prior().has_enumerate_support)
         # Whether z is continuous (what HMC, per-point inference by gradients and encodings need): asked of the prior's support.
         self.continuous: bool = not prior().support.is_discrete
-        with torch.no_grad():
-            rows = tuple(decoder(prior().sample((1,))).event_shape)
-        if data_dim is not None and rows != (data_dim,):
-            raise UsageError(f"the decoder gives rows of shape {rows} but the data have {data_dim} columns: set its output size to {data_dim}")
         self.units = Units(math.prod(rows))
+        # A mixture of diagonal Gaussians, shipped or built from parts, starts from k-means clusters of the data (initialize).
+        self.kmeans: Optional[KMeansStart] = KMeansStart() if KMeansStart.applies(self) else None
 
     def standardize(self, x: Tensor) -> None:
         """Fits ``units`` to the training rows ``x`` [N, D] (in the data's units), so that the networks see standard units."""
@@ -120,6 +121,8 @@ class LatentVariableModel(nn.Module):
             start_encoder()
         if start_decoder is not None:
             start_decoder(self.units.standardize(x))
+        if self.kmeans is not None:
+            self.kmeans(self, self.units.standardize(x))
 
     def latent_layers(self) -> dict[str, slice]:
         """A hierarchical z's stochastic layers by name, as slices of its last dimension; empty for a one-layer z."""
