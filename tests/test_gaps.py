@@ -1,13 +1,14 @@
 """Per-point inference and the gap decomposition against closed forms (linear-Gaussian) and on a trained mixture."""
 
 import functools
+import json
 
 import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import LocalOptimizer, gap_decomposition, summarize_sums
+from lvm_lightning.inference import LocalOptimizer, gap_decomposition, gap_summary, summarize_sums
 from lvm_lightning.models import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import ELBO, Exact, Reparameterized, amortized_elbo
@@ -185,3 +186,13 @@ def test_the_best_start_is_per_point_the_nearer_of_encoder_and_prior():
     assert torch.equal(best.initial_params(model, x), torch.zeros(8, 6))
     with pytest.raises(UsageError, match="continuous z"):
         best.fit(MixtureModel(2, 5), torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("gradient", [None, Reparameterized()])
+def test_the_gap_summary_is_json_and_names_the_gradient(gradient):
+    """The summary lvm-evaluate writes: q*'s settings as plain values, its gradient estimator by class name (STL by default)."""
+    torch.manual_seed(0)
+    model, _, _ = linear_gaussian()
+    bound = "elbo" if gradient is None else "iwae"
+    summary = gap_summary(model, model.sample(4), LocalOptimizer(max_steps=5, bound=bound, gradient=gradient), elbo_samples=10, log_px_samples=10)
+    assert json.loads(json.dumps(summary))["local_optimizer"]["gradient"] == ("STL" if gradient is None else "Reparameterized")

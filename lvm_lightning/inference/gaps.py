@@ -169,7 +169,7 @@ def gap_summary(
         converged_fraction=summary["converged"],
         log_px_method=report.log_px_method,
         elbo_samples=elbo_samples,
-        local_optimizer={**asdict(optimizer), "lr": optimizer.step_size(model)},
+        local_optimizer={**asdict(optimizer), "lr": optimizer.step_size(model), "gradient": type(optimizer.path_gradient()).__name__},
         refinement={
             "k": ks,
             "elbo": [summary[f"refined_elbo/k={k}"] for k in ks],
