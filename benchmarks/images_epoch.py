@@ -89,7 +89,7 @@ def plain_seconds(model_args: dict, train: Tensor, batch_size: int, device: torc
     torch.manual_seed(0)
     torch.set_flush_denormal(our_kernels)  # LVMModule's setup and teardown set and unset it for its own runs
     model = build_module(model_args, 784).lvm.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=model_args["lr"], fused=our_kernels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=model_args["optimizer"]["init_args"]["lr"], fused=our_kernels)
     binarize = dynamic_binarize if our_kernels else torch.bernoulli
     batches = torch.randperm(len(train), device=device).split(batch_size)
     for step in range(warmup + steps):

@@ -27,20 +27,13 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from lvm_lightning.inference import LocalOptimizer
 from lvm_lightning.models import VAE
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import elbo
-from lvm_lightning.timing import timed
-
-
-def matmul_gflops(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
-    """GFLOP/s of a size × size float32 matrix product: the device's practical peak."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    return 2 * size**3 * repeats / seconds_after_warmup(lambda: [a @ b for _ in range(repeats)], device, lambda: a @ b) / 1e9
+from lvm_lightning.timing import counted_flops, matmul_gflops, timed
 
 
 def plain_steps(model: LatentVariableModel, x: Tensor, steps: int, num_samples: int, lr: float) -> Tensor:
@@ -66,13 +59,6 @@ def seconds_after_warmup(fn: Callable[[], object], device: torch.device, warmup:
     """Seconds of one call of ``fn``, after ``warmup`` has paid the one-off costs (CUDA kernels, allocator)."""
     warmup()
     return timed(fn, device)[1]
-
-
-def step_flops(fn: Callable[[], object]) -> int:
-    """Floating-point operations of the matrix products that one call of ``fn`` performs."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def plateau(model: LatentVariableModel, x: Tensor, reference: LocalOptimizer) -> dict[str, dict[str, float]]:
@@ -131,8 +117,8 @@ def main() -> None:
     fixed = LocalOptimizer(num_samples=k, lr=args.lr, max_steps=steps, check_every=steps)  # one check, at the end: no early stop
     # One step's gradient through .backward() (FlopCounterMode's module hooks reject autograd.grad); θ is frozen, as in fit.
     flops = {
-        "local": step_flops(lambda: fixed.objective(model, x, fixed.initial_params(model, x).requires_grad_()).sum().backward()),
-        "plain": step_flops(lambda: plain_steps(model, x, 1, k, args.lr)),
+        "local": counted_flops(lambda: fixed.objective(model, x, fixed.initial_params(model, x).requires_grad_()).sum().backward()),
+        "plain": counted_flops(lambda: plain_steps(model, x, 1, k, args.lr)),
     }
     peak = matmul_gflops(device)
     bf16 = replace(fixed, precision="bf16")

@@ -52,30 +52,28 @@ def describe(kinds: Sequence[type]) -> str:
     return " or ".join(f"{'an' if kind.__name__[0] in 'AEIOU' else 'a'} {kind.__name__}" for kind in kinds)
 
 
-def resolve(class_path: Any, kinds: Sequence[type], where: str, trusted: Sequence[str] = ()) -> type:
+def resolve(class_path: Any, kinds: Sequence[type], where: str, trusted: Sequence[str] = (), source: str = "the checkpoint") -> type:
     """The class at ``class_path`` if it is defined under lvm_lightning, torch.nn's layers or a trusted module and is one of
-    ``kinds`` (never a LightningModule); else UsageError. A module outside those is never imported."""
+    ``kinds`` (never a LightningModule); else UsageError, naming ``source`` (a checkpoint, or an option). A module outside those is never imported."""
     if not isinstance(class_path, str) or not CLASS_PATH.fullmatch(class_path):
-        raise UsageError(f"the checkpoint's {where} names {str(class_path)[:80]!r} as a class, which is not a dotted class path: do not load it")
+        raise UsageError(f"{source} names {str(class_path)[:80]!r} as a class ({where}), which is not a dotted class path: do not load it")
     module, _, name = class_path.rpartition(".")
     if not under(class_path, (*NAMES, *trusted)):
         raise UsageError(
-            f"the checkpoint names {class_path!r} ({where}), which is neither lvm_lightning's nor trusted: "
+            f"{source} names {class_path!r} ({where}), which is neither lvm_lightning's nor trusted: "
             f"if you trust its author and have the code, pass --trust {module}"
         )
     try:
         found = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:
-        raise UsageError(f"the checkpoint names {class_path!r} ({where}), which cannot be imported here ({error})") from None
+        raise UsageError(f"{source} names {class_path!r} ({where}), which cannot be imported here ({error})") from None
     if not isinstance(found, type):
-        raise UsageError(f"the checkpoint names {class_path!r} ({where}), which is not a class: do not load it")
+        raise UsageError(f"{source} names {class_path!r} ({where}), which is not a class: do not load it")
     home = f"{found.__module__}.{found.__qualname__}"
     if not under(found.__module__, (*HOMES, *trusted)) and not under(home, trusted):
-        raise UsageError(
-            f"the checkpoint names {class_path!r} ({where}), which is {home}, defined outside lvm_lightning and the modules you trust: do not load it"
-        )
+        raise UsageError(f"{source} names {class_path!r} ({where}), which is {home}, defined outside lvm_lightning and the modules you trust: do not load it")
     if not any(issubclass(found, kind) for kind in kinds) or issubclass(found, NEVER):
-        raise UsageError(f"the checkpoint names {class_path!r} ({where}), {describe([found])}, where {describe(kinds)} belongs: do not load it")
+        raise UsageError(f"{source} names {class_path!r} ({where}), {describe([found])}, where {describe(kinds)} belongs: do not load it")
     return found
 
 

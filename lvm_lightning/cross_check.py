@@ -4,12 +4,14 @@ cannot be trusted (Vehtari et al.)."""
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from lvm_lightning.objectives import Estimator
 from lvm_lightning.objectives.psis import THRESHOLD
+from lvm_lightning.reports import summarize
 
 SIGNIFICANCE = 3.0  # standard errors of a paired difference before it is called real
 TOLERANCE = 0.01  # nats per point below which a difference is not worth a warning
@@ -18,19 +20,19 @@ UNRELIABLE_FRACTION = 0.1  # of points with k̂ above the threshold before an es
 
 @dataclass
 class Verdict:
-    """The tightest estimator with its mean and standard error over points, and one ``warning:`` line for each estimator that fails a check."""
+    """The tightest estimator with its mean and standard error over points (None for one point), and one ``warning:`` line for each
+    estimator that fails a check."""
 
     tightest: str
     mean: float
-    stderr: float
+    stderr: Optional[float]
     warnings: list[str]
 
 
 def paired(a: Tensor, b: Tensor) -> tuple[float, float]:
-    """Mean of a − b over points and its standard error (the points paired: their own spread cancels)."""
-    difference = (a - b).double()
-    n = difference.numel()
-    return float(difference.mean()), float(difference.std() / math.sqrt(n)) if n > 1 else math.inf
+    """Mean of a − b over points and its standard error, infinite for one point (the points paired: their own spread cancels)."""
+    summary = summarize((a - b).double())
+    return summary["mean"], math.inf if summary["stderr"] is None else summary["stderr"]
 
 
 def cross_check(estimators: list[Estimator], log_px: dict[str, Tensor], diagnostics: dict[str, dict[str, Tensor]]) -> Verdict:
@@ -51,6 +53,5 @@ def cross_check(estimators: list[Estimator], log_px: dict[str, Tensor], diagnost
             warnings.append(
                 f"{estimator.name}: Pareto k̂ > {THRESHOLD} on {100 * fraction:.0f}% of points, where its weights are too heavy-tailed to trust; {estimator.advice}"
             )
-    values = log_px[best.name].double()
-    stderr = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else math.nan
-    return Verdict(best.name, float(values.mean()), stderr, [f"warning: {line}" for line in warnings])
+    summary = summarize(log_px[best.name].double())
+    return Verdict(best.name, summary["mean"], summary["stderr"], [f"warning: {line}" for line in warnings])

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint: every applicable estimate of log p(x), and the amortization gap, on its test split or on a .npy file.
 
-lvm-evaluate CKPT [--data_path FILE.npy] [--num_samples K] [--estimators NAME ...] [--ais.num_steps T] [--bdmc N]
+lvm-evaluate CKPT [--data_path FILE.npy] [--num_samples K] [--estimators NAME|CLASS_PATH ...] [--ais.num_steps T] [--bdmc N]
              [--gap_points N] [--gap.max_steps S] [--gap_log_px ais] [--devices N] [--trust MODULE] [--output FILE.json]
 
 ``--devices N`` shares the estimates' batches among N processes (one per GPU, or CPU processes on gloo), started by
@@ -9,62 +9,31 @@ computes. The gap decomposition and BDMC then run in the calling process, on ``-
 """
 
 import json
-import math
-import multiprocessing
 import os
-import pickle
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import torch
 from jsonargparse import ArgumentParser
-from lightning_fabric import Fabric
 from torch import Tensor
 
 from lvm_lightning.callbacks.convergence import convergence_note
 from lvm_lightning.cross_check import cross_check
 from lvm_lightning.data import true_log_prob
+from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.data_checks import check_values
-from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_process_group_setup
 from lvm_lightning.errors import UsageError, one_line_errors
-from lvm_lightning.evaluation import PerPoint, estimate_all
-from lvm_lightning.files import write_atomically
+from lvm_lightning.evaluation import Evaluators, choose
+from lvm_lightning.files import check_writable, write_atomically
 from lvm_lightning.inference import AIS, LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family, simulate
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import Estimator, evaluation_estimators
-from lvm_lightning.rng import batch_seed, seeded_fork
+from lvm_lightning.module import LVMModule
+from lvm_lightning.objectives import Estimator
+from lvm_lightning.reports import summarize, table
+from lvm_lightning.rng import seeded_fork
 from lvm_lightning.runs import file_rows, load_run, run_data
+from lvm_lightning.sharded import Batches, local_estimates, sharded_estimates
 from lvm_lightning.timing import timed
-
-Batches = list[dict[str, PerPoint]]  # estimate_all's results, one entry per batch of the data in order
-
-if multiprocessing.current_process().name != "MainProcess":
-    # A worker of sharded_estimates imports this module as it unpickles its function, before Fabric joins the process group
-    # (a spawned process is named before it imports): Fabric's lines on that, once per rank, would stand among the caller's.
-    quiet_process_group_setup()
-
-
-def summarize(values: Tensor) -> dict[str, Any]:
-    """Mean and standard error (std / √N) over points."""
-    n = values.numel()
-    stderr = values.std().item() / math.sqrt(n) if n > 1 else None  # JSON null: undefined for one point
-    return {"mean": values.mean().item(), "stderr": stderr, "num_points": n}
-
-
-@torch.no_grad()
-def estimate_batches(
-    model: LatentVariableModel, x: Tensor, estimators: list[Estimator], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1
-) -> dict[int, dict[str, PerPoint]]:
-    """``estimate_all`` on batches rank, rank + W, … of ``x``'s batches of ``batch_size`` rows, by batch index, each in a fork
-    of torch's streams seeded by (``seed``, that index): a batch's values are the same whichever process computes it."""
-    out = {}
-    for index, batch in enumerate(x.split(batch_size)):
-        if index % world_size == rank:
-            with seeded_fork(x.device, batch_seed(seed, index)):
-                out[index] = estimate_all(model, batch, estimators)
-    return out
 
 
 def summarize_estimates(batches: Batches, estimators: list[Estimator]) -> dict[str, dict[str, Any]]:
@@ -84,49 +53,6 @@ def summarize_estimates(batches: Batches, estimators: list[Estimator]) -> dict[s
     return results
 
 
-def _estimate_shard(fabric: Fabric, model: LatentVariableModel, x: Tensor, estimators: list[Estimator], batch_size: int, seed: int, output: Path) -> None:
-    """One rank's part of ``sharded_estimates``: its batches, gathered with the others' on every rank; rank 0 pickles to ``output``
-    every batch in order, the seconds from the ranks' common start to the gather, and its peak memory."""
-    destroy_process_group_at_exit()
-    torch.set_flush_denormal(True)  # tiny importance weights: see LVMModule.setup (a spawned process starts without it)
-    model, x = model.to(fabric.device).eval(), x.to(fabric.device)
-    if x.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(x.device)
-    fabric.barrier()  # every rank set up: the seconds are the estimates' alone
-
-    def estimate_and_gather() -> list[dict[int, dict[str, PerPoint]]]:
-        mine = estimate_batches(model, x, estimators, batch_size, seed, fabric.global_rank, fabric.world_size)
-        on_cpu = {index: {name: _to_cpu(result) for name, result in batch.items()} for index, batch in mine.items()}
-        gathered: list[Any] = [None] * fabric.world_size
-        torch.distributed.all_gather_object(gathered, on_cpu)
-        return gathered
-
-    gathered, seconds = timed(estimate_and_gather, x.device)
-    merged = {index: batch for part in gathered for index, batch in part.items()}
-    memory = peak_memory(x.device)
-    memory["peak_memory_of"] += " of rank 0"
-    if fabric.global_rank == 0:
-        # A file, not Fabric's return queue: that pipe is read only once the processes have ended, so a result larger than
-        # its buffer (64 KiB) would never be written.
-        output.write_bytes(pickle.dumps(([merged[index] for index in sorted(merged)], seconds, memory)))
-
-
-def _to_cpu(result: PerPoint) -> PerPoint:
-    return PerPoint(result.log_px.cpu(), {key: value.cpu() for key, value in result.diagnostics.items()}, result.num_samples)
-
-
-def sharded_estimates(
-    model: LatentVariableModel, x: Tensor, estimators: list[Estimator], batch_size: int, seed: int, devices: int, accelerator: str
-) -> tuple[Batches, float, dict[str, Any]]:
-    """``estimate_batches`` over all of ``x`` on ``devices`` processes (Lightning Fabric, ddp_spawn: gloo on the CPU, NCCL on GPUs),
-    batch i on rank i mod N: (every batch in order, the seconds the estimates took, rank 0's peak memory)."""
-    fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp_spawn")
-    with tempfile.TemporaryDirectory() as folder:
-        output = Path(folder) / "estimates.pickle"
-        fabric.launch(_estimate_shard, model.cpu(), x.cpu(), estimators, batch_size, seed, output)
-        return pickle.loads(output.read_bytes())  # written by our own process, a moment ago
-
-
 def bdmc_sandwich(model: LatentVariableModel, num_points: int, ais: AIS) -> dict[str, Any]:
     """The BDMC sandwich on ``num_points`` points simulated from the model: AIS's lower bound, the reverse chains' upper bound
     (started at the simulating z, an exact posterior sample), and its width, mean over points with standard errors."""
@@ -139,15 +65,6 @@ def bdmc_sandwich(model: LatentVariableModel, num_points: int, ais: AIS) -> dict
         "seconds_per_point": seconds / num_points,
         "settings": ais.settings(),
     }
-
-
-def peak_memory(device: torch.device) -> dict[str, Any]:
-    """The peak memory so far: bytes allocated on a GPU since the last reset, or the process's peak resident size on the CPU."""
-    if device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_of": "CUDA tensors"}
-    import resource  # Unix: ru_maxrss in kilobytes on Linux
-
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_of": "the process (resident)"}
 
 
 def check_device(device: str, devices: int = 1) -> None:
@@ -170,6 +87,87 @@ def check_device(device: str, devices: int = 1) -> None:
         raise UsageError(f"--devices {devices} but this machine has {available} {what}: pass --devices {available} or fewer")
 
 
+def check_settings(num_samples: int, batch_size: int, chunk_size: Optional[int], gap_points: int, bdmc: int, gap_family: Optional[str]) -> None:
+    """Raises UsageError, naming the option, for a setting out of its range: before anything is loaded."""
+    if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
+        raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
+    if gap_points < 0 or bdmc < 0:
+        raise UsageError(f"--gap_points and --bdmc must be >= 0 (0: none), got {gap_points} and {bdmc}")
+    if gap_family is not None and gap_points == 0:
+        raise UsageError("--gap_family compares q* families in the gap decomposition: give --gap_points > 0")
+
+
+def say_convergence(checkpoint: dict[str, Any], report: dict[str, Any]) -> None:
+    """Where the run's validation log p(x) was still improving when the checkpoint was written: a note first on stderr, and in the report."""
+    note = convergence_note(checkpoint)
+    if note is not None:  # every figure below is of a model still moving: say so first
+        report["convergence_note"] = note
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
+def gap_unavailable(model: LatentVariableModel, gap: LocalOptimizer) -> Optional[str]:
+    """Why per-point inference cannot fit this model's posterior, so that the gap (on by default) is skipped with a note; None where it
+    can. A --gap setting that does not fit a model it could fit is the user's to change: UsageError."""
+    reason = gap.unsupported(model)
+    if reason is not None and (model.enumerable or model.continuous):
+        raise UsageError(reason)
+    return reason
+
+
+def estimators_to_run(
+    module: LVMModule, names: Optional[Sequence[str]], num_samples: int, chunk_size: Optional[int], ais: AIS, trusted: Sequence[str]
+) -> list[Estimator]:
+    """The estimators to run: those ``names`` asks for (``evaluation.choose``), or by default the built-ins at K = ``num_samples`` with
+    the run's own validation estimators and training estimator (those whose names the built-ins do not take)."""
+    own = (*module.evaluation.extra, module.estimator)
+    builtins = Evaluators(num_samples, chunk_size)
+    if names is None:
+        return builtins.also(module.lvm, own).for_model(module.lvm)
+    return choose(module.lvm, names, builtins, (ais, *own), trusted)
+
+
+def evaluation_data(
+    checkpoint: dict[str, Any], checkpoint_path: str, data_path: Optional[str], data_root: Optional[str], trusted: Sequence[str]
+) -> tuple[Tensor, dict[str, Any], Optional[SplitData]]:
+    """(the rows to evaluate, what they are for the report, the run's data module where they are its test split)."""
+    if data_path is not None:
+        x, described = file_rows(checkpoint, checkpoint_path, data_path, trusted)
+        return x, described, None
+    datamodule = run_data(checkpoint, checkpoint_path, trusted, data_root)
+    return datamodule.splits["test"], {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}", "split": "test"}, datamodule
+
+
+def estimates_report(batches: Batches, estimators: list[Estimator]) -> dict[str, Any]:
+    """The estimates summarized, the tightest of them and the cross-checks' warnings (cross_check.py)."""
+    names = list(batches[0])
+    log_px = {name: torch.cat([batch[name].log_px for batch in batches]) for name in names}
+    diagnostics = {name: {key: torch.cat([batch[name].diagnostics[key] for batch in batches]) for key in batches[0][name].diagnostics} for name in names}
+    verdict = cross_check(estimators, log_px, diagnostics)
+    return {
+        "estimates": summarize_estimates(batches, estimators),
+        "tightest": {"estimator": verdict.tightest, "mean": verdict.mean, "stderr": verdict.stderr},
+        "warnings": verdict.warnings,
+    }
+
+
+def gaps_report(
+    model: LatentVariableModel,
+    view: Optional[LatentVariableModel],
+    x: Tensor,
+    gap: LocalOptimizer,
+    num_samples: int,
+    chunk_size: Optional[int],
+    ais: Optional[AIS],
+    family: Optional[str],
+) -> dict[str, Any]:
+    """'gaps': ``gap_summary`` on the points ``x`` (log p(x) by ``ais`` from q* where given), and 'gaps_in_family' on ``view``, the model
+    with q* in ``family``, where given."""
+    report = {"gaps": gap_summary(model, x, gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=ais)}
+    if view is not None:
+        report["gaps_in_family"] = {"family": family, **gap_summary(view, x, gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=ais)}
+    return report
+
+
 def evaluate_checkpoint(
     checkpoint_path: str,
     data_path: Optional[str] = None,
@@ -188,86 +186,66 @@ def evaluate_checkpoint(
     gap_log_px: Literal["importance_sampling", "ais"] = "importance_sampling",
     gap_family: Optional[Literal["diagonal", "full", "local_flow", "flow"]] = None,
     devices: int = 1,
+    networks_bf16: bool = False,
 ) -> dict[str, Any]:
-    """The report written as JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'true_log_px'?, 'gaps'?}.
+    """What lvm-evaluate reports on a checkpoint.
 
-    'gaps' (when gap_points > 0): the amortization/approximation decomposition on the first
-    gap_points points with q* fit by ``gap``, log p(x) importance-sampled from q* with num_samples
-    where it has no exact form (inference/gaps.py). ``trust``: modules whose classes the checkpoint may name. ``data_root``: the folder
-    of the run's image data set on this machine (the checkpoint's own folders are never read).
-    ``estimators``: which to run (exact, prior_sampling, importance_sampling, elbo, ais; default all that apply but ais),
-    with ``ais`` (default ``AIS()``) for AIS. 'cost' gives the seconds the estimates took, per point, and the peak memory.
-    'convergence_note': present when the run's validation log p(x) was still improving when the checkpoint was written.
-    'bdmc' (when ``bdmc`` > 0): ``bdmc_sandwich`` on that many simulated points. ``gap_log_px`` 'ais': the gaps' log p(x) by
-    ``ais`` started from q* where it has no exact form. ``gap_family``: the same decomposition again, on the same decoder, with
-    q* in that posterior family (from the encoder's q_φ re-expressed in it) as 'gaps_in_family', e.g. 'full' or 'local_flow' beside a
-    diagonal encoder ('flow', whose weights are amortized, needs a model trained with it). ``devices`` > 1: the estimates' batches
-    shared among that many processes (``sharded_estimates``), the same values per point; gaps and BDMC stay in this process.
-    Every estimate's batch i draws from torch's stream seeded by (``seed``, i); the gaps and BDMC from one seeded by ``seed``.
+    As JSON: {'checkpoint', 'data', 'estimates': {name: {...}}, 'tightest', 'warnings', 'cost', 'true_log_px'?, 'gaps'?,
+    'gaps_in_family'?, 'bdmc'?, 'convergence_note'?}. Every estimate's batch i draws from torch's stream seeded by (``seed``, i);
+    the gaps and BDMC from one seeded by ``seed``.
+
+    Args:
+        checkpoint_path: the checkpoint lvm-train wrote (e.g. runs/default/version_0/checkpoints/last.ckpt).
+        data_path: a .npy file of rows to evaluate instead of the run's test split (the run's own file: its test split).
+        data_root: the folder of the run's image data set on this machine (the checkpoint's own folders are never read).
+        num_samples: K, the samples per point of the sampled estimates, and of the gaps' importance-sampled log p(x).
+        batch_size: points per batch of the estimates.
+        chunk_size: at most this many (sample × point) pairs drawn at once; default: the estimators' own.
+        seed: the seed of every estimate's draws (batch i: seed and i), of the gaps and of BDMC.
+        device: cpu, cuda or cuda:N.
+        gap_points: the amortization gap on the first N points, with q* fit per point by --gap.* (0: none).
+        gap: q*, the per-point optimum of the gap decomposition.
+        trust: modules (or classes) of your own that the checkpoint and --estimators may name.
+        estimators: built-in names (exact prior_sampling importance_sampling elbo ais, or a,b), the run's own by name, or an
+            Estimator's class path; default: the built-ins that apply, the run's validation estimators and its training estimator.
+        ais: AIS's settings, for --estimators ais, --bdmc and --gap_log_px ais.
+        bdmc: the BDMC sandwich on N points simulated from the model (0: none).
+        gap_log_px: how the gaps' log p(x) is computed where it has no exact form: importance sampling or AIS, from q*.
+        gap_family: the gap decomposition again with q* in this posterior family (e.g. full or local_flow beside a diagonal encoder).
+        devices: share the estimates' batches among N processes (the same values per point); gaps and BDMC stay in this process.
+        networks_bf16: the estimates with the networks' matrix products in bfloat16, their densities and log-weights in float32
+            (faster on CPUs with AMX and on GPUs; docs/results.md gives its error); the gaps and BDMC stay float32.
     """
-    if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
-        raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
-    if gap_points < 0 or bdmc < 0:
-        raise UsageError(f"--gap_points and --bdmc must be >= 0 (0: none), got {gap_points} and {bdmc}")
+    check_settings(num_samples, batch_size, chunk_size, gap_points, bdmc, gap_family)
     ais = ais or AIS()
     check_device(device, devices)
     module, checkpoint = load_run(checkpoint_path, trust, map_location=device)
-    module.eval()
-    model = module.lvm
+    model = module.eval().lvm
     report: dict[str, Any] = {"checkpoint": str(checkpoint_path)}
-    if gap_family is not None and gap_points == 0:
-        raise UsageError("--gap_family compares q* families in the gap decomposition: give --gap_points > 0")
     view = in_family(model, gap_family) if gap_family is not None else None  # checked before the minutes of estimates
-    note = convergence_note(checkpoint)
-    if note is not None:  # every figure below is of a model still moving: say so first
-        report["convergence_note"] = note
-        print(f"note: {note}", file=sys.stderr, flush=True)
     if bdmc > 0:
         ais.check(model)
-    reason = gap.unsupported(model) if gap_points > 0 else None
-    if reason is not None:
-        if model.enumerable or model.continuous:
-            raise UsageError(reason)  # a --gap setting that does not fit this model: the user's to change
-        # The gap is on by default: a model whose posterior per-point inference cannot fit reports its estimates, and why no gap.
-        report["gaps_unavailable"] = reason
-        print(f"note: no amortization gap: {reason}", file=sys.stderr, flush=True)
-        gap_points = 0
-    datamodule = None
-    if data_path is not None:
-        x, report["data"] = file_rows(checkpoint, checkpoint_path, data_path, trust)
-    else:
-        datamodule = run_data(checkpoint, checkpoint_path, trust, data_root)
-        x = datamodule.splits["test"]
-        report["data"] = {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}", "split": "test"}
+    unavailable = gap_unavailable(model, gap) if gap_points > 0 else None
+    chosen = estimators_to_run(module, estimators, num_samples, chunk_size, ais, trust)
+    x, report["data"], datamodule = evaluation_data(checkpoint, checkpoint_path, data_path, data_root, trust)
     x = x.to(device)
     check_values(module.lvm, x, "the data", "evaluate on data like the model's training data (its likelihood comes from the checkpoint)")
-    chosen = evaluation_estimators(model, num_samples, chunk_size, estimators, (ais,))
+    say_convergence(checkpoint, report)  # every input checked: the notes, then the figures
+    if unavailable is not None:
+        report["gaps_unavailable"], gap_points = unavailable, 0
+        print(f"note: no amortization gap: {unavailable}", file=sys.stderr, flush=True)
+    model.networks_in_bf16(networks_bf16)
     if devices > 1:
         batches, seconds, memory = sharded_estimates(model, x, chosen, batch_size, seed, devices, torch.device(device).type)
         model.to(device)  # the workers had a CPU copy each; gaps and BDMC run here
     else:
-        if x.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(x.device)
-        by_index, seconds = timed(lambda: estimate_batches(model, x, chosen, batch_size, seed), x.device)
-        batches, memory = [by_index[index] for index in sorted(by_index)], peak_memory(x.device)
-    report["estimates"] = summarize_estimates(batches, chosen)
-    verdict = cross_check(
-        chosen,
-        {name: torch.cat([batch[name].log_px for batch in batches]) for name in batches[0]},
-        {name: {key: torch.cat([batch[name].diagnostics[key] for batch in batches]) for key in first.diagnostics} for name, first in batches[0].items()},
-    )
-    report["tightest"] = {"estimator": verdict.tightest, "mean": verdict.mean, "stderr": verdict.stderr}
-    report["warnings"] = verdict.warnings
+        batches, seconds, memory = local_estimates(model, x, chosen, batch_size, seed)
+    model.networks_in_bf16(False)
+    report.update(estimates_report(batches, chosen))
     report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), "devices": devices, **memory}
     with seeded_fork(x.device, seed):  # the caller's stream untouched
         if gap_points > 0:
-            log_px_ais = ais if gap_log_px == "ais" else None
-            report["gaps"] = gap_summary(model, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais)
-            if view is not None:
-                report["gaps_in_family"] = {
-                    "family": gap_family,
-                    **gap_summary(view, x[:gap_points], gap, log_px_samples=num_samples, chunk_size=chunk_size, ais=log_px_ais),
-                }
+            report.update(gaps_report(model, view, x[:gap_points], gap, num_samples, chunk_size, ais if gap_log_px == "ais" else None, gap_family))
         if bdmc > 0:
             report["bdmc"] = bdmc_sandwich(model, bdmc, ais)
     if datamodule is not None and datamodule.true_density is not None:
@@ -284,8 +262,7 @@ def format_table(report: dict[str, Any]) -> str:
     for name, e in entries.items():
         stderr = "-" if e["stderr"] is None else f"{e['stderr']:.4f}"
         rows.append((name, f"{e['mean']:.4f}", stderr, str(e["num_samples"]), str(e["num_points"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    return table(rows)
 
 
 def format_bdmc(sandwich: dict[str, Any]) -> str:
@@ -298,29 +275,35 @@ def format_bdmc(sandwich: dict[str, Any]) -> str:
     )
 
 
-def check_output(output: str) -> None:
-    """Raises UsageError unless ``output`` can be written: checked before the evaluation's minutes, not after."""
-    path = Path(output).resolve()
-    if path.is_dir():
-        raise UsageError(f"--output {output} is a folder: pass a file name, e.g. {Path(output) / 'report.json'}")
-    if not path.parent.is_dir():
-        raise UsageError(f"--output {output}: its folder does not exist; create it first")
-    probe = path.with_name(f".{path.name}.partial")  # what write_atomically will create; os.access says yes to root even in /proc
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"--output {output} cannot be written ({error.strerror}): pass a path in a folder you can write") from None
+def print_report(report: dict[str, Any]) -> None:
+    """The report as text: the estimates' table on stdout and the cross-checks' warnings on stderr, then BDMC and the gaps."""
+    print(format_table(report))
+    for line in report["warnings"]:
+        print(line, file=sys.stderr)
+    if "bdmc" in report:
+        print(format_bdmc(report["bdmc"]))
+    if "gaps" in report:
+        print(format_gaps(report["gaps"]))
+        if "warning" in report["gaps"]:
+            print(f"warning: {report['gaps']['warning']}", file=sys.stderr)
+    if "gaps_in_family" in report:
+        print(format_gap_columns({"q* in the encoder's family": report["gaps"], f"q* {report['gaps_in_family']['family']}": report["gaps_in_family"]}))
 
 
 def parser() -> ArgumentParser:
-    """The command line: the arguments of ``evaluate_checkpoint``, q*'s settings as ``--gap.NAME``, and ``--output``."""
+    """The command line: the arguments of ``evaluate_checkpoint``, q*'s settings as ``--gap.NAME``, AIS's as ``--ais.NAME``, and ``--output``."""
     parser = ArgumentParser(prog="lvm-evaluate", description=__doc__.splitlines()[0], exit_on_error=False)
     parser.add_function_arguments(evaluate_checkpoint, as_positional=True, skip={"device", "trust", "estimators", "ais"})
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--trust", type=str, nargs="+", default=[], help="modules (or classes) of your own that the checkpoint may name")
-    parser.add_argument("--estimators", type=str, nargs="+", help="which to run, e.g. importance_sampling elbo ais (or a,b); default: all that apply but ais")
-    parser.add_class_arguments(AIS, "ais")  # --ais.num_steps, --ais.num_chains, ...: the AIS of --estimators ais, --bdmc and --gap_log_px ais
+    parser.add_argument("--trust", type=str, nargs="+", default=[], help="modules (or classes) of your own that the checkpoint and --estimators may name")
+    parser.add_argument(
+        "--estimators",
+        type=str,
+        nargs="+",
+        help="which to run: built-in names (exact prior_sampling importance_sampling elbo ais, or a,b), the run's own by name, or an "
+        "Estimator's class path, built at --num_samples; default: the built-ins that apply, the run's validation estimators and its training estimator",
+    )
+    parser.add_class_arguments(AIS, "ais", help="AIS's settings: for --estimators ais, --bdmc and --gap_log_px ais")
     parser.add_argument("--output", type=Optional[str], help="also write the report to this JSON file")
     return parser
 
@@ -334,22 +317,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         args = cli.instantiate(cli.parse_args(argv)).as_dict()
         output = args.pop("output")
         if output:
-            check_output(output)
+            check_writable(output, "--output")
         if args["estimators"] is not None:
             args["estimators"] = [name for item in args["estimators"] for name in item.split(",") if name]
         torch.set_flush_denormal(True)  # tiny importance weights: see LVMModule.setup
         report = evaluate_checkpoint(**args)
-    print(format_table(report))
-    for line in report["warnings"]:
-        print(line, file=sys.stderr)
-    if "bdmc" in report:
-        print(format_bdmc(report["bdmc"]))
-    if "gaps" in report:
-        print(format_gaps(report["gaps"]))
-        if "warning" in report["gaps"]:
-            print(f"warning: {report['gaps']['warning']}", file=sys.stderr)
-    if "gaps_in_family" in report:
-        print(format_gap_columns({"q* in the encoder's family": report["gaps"], f"q* {report['gaps_in_family']['family']}": report["gaps_in_family"]}))
+    print_report(report)
     if output:
         write_atomically(output, json.dumps(report, indent=2).encode())
         print(f"wrote {output}")

@@ -9,6 +9,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lvm_lightning.checkpoints import read_file
+from lvm_lightning.errors import UsageError
 
 
 def write_atomically(path: Union[str, Path], data: bytes) -> None:
@@ -22,6 +23,21 @@ def write_atomically(path: Union[str, Path], data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def check_writable(path: Union[str, Path], option: str) -> None:
+    """Raises UsageError naming ``option`` unless ``path`` can be written by ``write_atomically``: checked before a command's minutes of work, not after."""
+    resolved = Path(path).resolve()
+    if resolved.is_dir():
+        raise UsageError(f"{option} {path} is a folder: pass a file name, e.g. {Path(path) / 'report.json'}")
+    if not resolved.parent.is_dir():
+        raise UsageError(f"{option} {path}: its folder does not exist; create it first")
+    probe = resolved.with_name(f".{resolved.name}.partial")  # what write_atomically will create; os.access says yes to root even in /proc
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"{option} {path} cannot be written ({error.strerror}): pass a path in a folder you can write") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

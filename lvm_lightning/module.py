@@ -13,14 +13,14 @@ from torch import Tensor
 from lvm_lightning.callbacks.nonfinite import NonFiniteStop
 from lvm_lightning.callbacks.random_state import RandomState
 from lvm_lightning.checkpoints import check_training_state, load_module, read_file
-from lvm_lightning.data.in_memory import global_batch_index
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.data_checks import check_data
+from lvm_lightning.dealing import dealt_index
 from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError
-from lvm_lightning.evaluation import estimate_all
+from lvm_lightning.evaluation import Evaluators, estimate_batch
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import Estimator, evaluation_estimators
+from lvm_lightning.objectives import Estimator
 from lvm_lightning.rng import seeded_fork
 from lvm_lightning.schedules import Adam, lightning_config
 
@@ -50,6 +50,7 @@ class LVMModule(pl.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         compile: bool = False,
         validation_estimators: Sequence[Estimator] = (),
+        networks_bf16: bool = False,
     ) -> None:
         super().__init__()
         if eval_num_samples < 1:
@@ -73,13 +74,11 @@ class LVMModule(pl.LightningModule):
             )
         self.lvm = lvm
         self.estimator = estimator
+        if networks_bf16:  # the networks' products in bfloat16, every density and log-weight in float32 (docs/results.md: bf16)
+            lvm.networks_in_bf16()
         self.make_optimizer, self.make_scheduler = optimizer, lr_scheduler
-        self.evaluators = evaluation_estimators(lvm, eval_num_samples, chunk_size)
-        for extra in validation_estimators:
-            extra.check(lvm)
-            if extra.name in {estimator.name for estimator in self.evaluators}:
-                raise UsageError(f"validation_estimators: validation already reports {extra.name!r}: add each estimator once, and none of the defaults")
-            self.evaluators.append(extra)
+        self.evaluation = Evaluators(eval_num_samples, chunk_size, tuple(validation_estimators))
+        self.evaluators = self.evaluation.for_model(lvm)
         # torch.compile fuses a step's log-density work for a one-off compilation at the first step: for long runs at large K.
         self._losses = torch.compile(self.losses) if compile else self.losses
         self._eval_sums: dict[str, Tensor] = {}  # this evaluation epoch's sums over points so far, by metric (and POINTS)
@@ -116,8 +115,7 @@ class LVMModule(pl.LightningModule):
         # Own seeded stream: the training stream is the same whether or how often we validate, and every epoch's estimates
         # use the same random numbers, so their curves show the model's change, not noise. Seeded by the batch's index in
         # the one-process sequence of batches, so that under DDP each batch draws what it draws on one device.
-        with seeded_fork(self.device, global_batch_index(batch_idx, self.global_rank, self.trainer.world_size)):
-            per_point = estimate_all(self.lvm, x, self.evaluators)
+        per_point = estimate_batch(self.lvm, x, self.evaluators, dealt_index(batch_idx, self.global_rank, self.trainer.world_size))
         values = {f"log_px/{name}": result.log_px for name, result in per_point.items()}
         values.update({f"{quantity}/{name}": value for name, result in per_point.items() for quantity, value in result.diagnostics.items()})
         values[POINTS] = torch.ones(len(x), device=self.device)

@@ -17,11 +17,11 @@ from torch.distributions import Categorical, Distribution, Independent, MixtureS
 
 from lvm_lightning.data import GaussianMixtureData, SplitData
 from lvm_lightning.errors import UsageError, one_line_errors
-from lvm_lightning.evaluate import check_output
-from lvm_lightning.files import write_atomically
+from lvm_lightning.files import check_writable, write_atomically
 from lvm_lightning.models import MixtureModel
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Exact, ImportanceSampling, PriorSampling, SampledEstimator, tractable
+from lvm_lightning.reports import table
 from lvm_lightning.runs import load_run, run_data
 
 DEFAULT_NUM_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -198,9 +198,9 @@ def format_table(report: dict[str, Any]) -> str:
         )
         for row in report["rows"]
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(width) for cell, width in zip(r, widths)) for r in rows]
-    return "\n".join([*lines, f"exact log p(x) {report['exact_log_px']:.4f} (mean over {report['num_points']} points); 1/N = {1 / report['num_clusters']:.3f}"])
+    return "\n".join(
+        [table(rows, left=0), f"exact log p(x) {report['exact_log_px']:.4f} (mean over {report['num_points']} points); 1/N = {1 / report['num_clusters']:.3f}"]
+    )
 
 
 def write_outputs(report: dict[str, Any], output: Optional[str], figure: Optional[str], log_dir: Optional[str]) -> None:
@@ -225,10 +225,7 @@ def check_outputs(output: Optional[str], figure: Optional[str]) -> None:
     """Raises UsageError, naming the option, unless each file given can be written: checked before the study's seconds, not after."""
     for option, path in (("--output", output), ("--figure", figure)):
         if path:
-            try:
-                check_output(path)
-            except UsageError as error:  # lvm-evaluate's check, whose message names its one option, --output
-                raise UsageError(str(error).replace("--output", option, 1)) from None
+            check_writable(path, option)
 
 
 def parser() -> ArgumentParser:
@@ -236,17 +233,17 @@ def parser() -> ArgumentParser:
     estimators = ArgumentParser(description=__doc__.splitlines()[0], exit_on_error=False)
     estimators.add_argument("--checkpoint", type=Optional[str], help="a MixtureModel trained by lvm-train (its data are used); default: the true mixture")
     estimators.add_argument("--trust", type=str, nargs="+", default=[], help="modules (or classes) of your own that the checkpoint may name")
-    estimators.add_class_arguments(GaussianMixtureData, "data", skip={"batch_size", "eval_batch_size"})
+    estimators.add_class_arguments(GaussianMixtureData, "data", skip={"batch_size", "eval_batch_size", "standardize"})
     estimators.add_argument("--proposal", type=Optional[Proposal], help="q of importance sampling; default: encoder with --checkpoint, else exact_posterior")
     estimators.add_argument("--num_samples", type=int, nargs="+", default=list(DEFAULT_NUM_SAMPLES), help="the K to study")
     estimators.add_argument("--repeats", type=int, default=10, help="R: repeats of each estimate, seeded seed, seed + 1, …")
     estimators.add_argument("--num_points", type=Optional[int], help="the first P points of the test split (default: all)")
-    estimators.add_argument("--seed", type=int, default=0)
+    estimators.add_argument("--seed", type=int, default=0, help="the seed of the first repeat's draws")
     estimators.add_argument("--output", type=Optional[str], help="write the report to this JSON file")
     estimators.add_argument("--figure", type=Optional[str], help="draw the figure to this PNG file")
     estimators.add_argument("--log_dir", type=Optional[str], help="write the figure to TensorBoard in this folder")
     top = ArgumentParser(prog="lvm-study", description=__doc__.splitlines()[0], exit_on_error=False)
-    subcommands = top.add_subcommands()
+    subcommands = top.add_subcommands(help="the study to run")
     subcommands.add_subcommand("estimators", estimators, help="prior sampling against importance sampling, against the exact log p(x)")
     return top
 

@@ -4,6 +4,7 @@ import time
 from typing import Callable, TypeVar
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 T = TypeVar("T")
 
@@ -21,3 +22,18 @@ def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
     out = fn()
     synchronize(device)
     return out, time.perf_counter() - start
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of a size × size matrix product in ``dtype`` (2 size³ operations), the best of ``repeats``: the device's practical peak."""
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up: kernels chosen, memory touched
+    best = min(timed(lambda: a @ b, device)[1] for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of the matrix products (and convolutions) that one call of ``fn`` performs, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()

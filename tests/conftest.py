@@ -76,3 +76,18 @@ def gap_callback():
     return AmortizationGap(
         every_n_epochs=1, num_points=32, optimizer=LocalOptimizer(max_steps=30), refine_steps=(0, 10, 30), elbo_samples=10, log_px_samples=50
     )
+
+
+def undocumented_options(parser: "argparse.ArgumentParser") -> list[str]:  # noqa: F821
+    """The options and positionals, of ``parser`` and of its subcommands' parsers, that have no help text (--help aside)."""
+    import argparse
+
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if not (action.help or "").strip():
+            missing.append(", ".join(action.option_strings) or action.dest)
+        if isinstance(action, argparse._SubParsersAction):
+            missing += [f"{name} {option}" for name, sub in action.choices.items() for option in undocumented_options(sub)]
+    return missing

@@ -11,10 +11,12 @@ from lvm_lightning import evaluate
 from lvm_lightning.cli import main
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
-from lvm_lightning.evaluate import check_device, estimate_batches, evaluate_checkpoint, sharded_estimates
+from lvm_lightning.evaluate import check_device, evaluate_checkpoint
+from lvm_lightning.evaluation import estimate_batches
 from lvm_lightning.models import MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact, evaluation_estimators
+from lvm_lightning.sharded import sharded_estimates
 
 from conftest import quiet_trainer
 

@@ -17,7 +17,7 @@ from lvm_lightning.cli import main
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models import LatentVariableModel
 
-from conftest import ROOT, run_tool
+from conftest import ROOT, run_tool, undocumented_options
 
 QUICK = ["--trainer.enable_progress_bar", "false", "--data.num_train", "500", "--data.num_val", "200", "--data.num_test", "200",
          "--amortization_gap.every_n_epochs", "0", "--density_plot.every_n_epochs", "0"]  # fmt: skip
@@ -101,7 +101,9 @@ def test_users_own_decoder_and_estimator_train_and_evaluate_in_a_fresh_process(u
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((user_run / "report.json").read_text())
     estimates = report["estimates"]
-    assert set(estimates) == {"prior_sampling", "importance_sampling", "elbo"} and estimates["importance_sampling"]["num_points"] == 200
+    # The user's training estimator is evaluated beside the built-ins, as it trained (its own K).
+    assert set(estimates) == {"prior_sampling", "importance_sampling", "elbo", "renyi"} and estimates["importance_sampling"]["num_points"] == 200
+    assert estimates["renyi"]["num_samples"] == 5 and estimates["renyi"]["num_points"] == 200
     assert estimates["elbo"]["mean"] < estimates["importance_sampling"]["mean"]
     assert report["gaps"]["num_points"] == 8 and report["true_log_px"]["num_points"] == 200
     # The user's classes are rebuilt from the checkpoint alone (no config file), in a fresh process.
@@ -111,11 +113,50 @@ def test_users_own_decoder_and_estimator_train_and_evaluate_in_a_fresh_process(u
     assert loaded.returncode == 0 and loaded.stdout.split()[-3:] == ["StudentTDecoder", "RenyiBound", "0.5"], loaded.stderr[-2000:]
 
 
+def test_estimators_by_class_path_include_the_users_own(user_run, monkeypatch):
+    """--estimators takes a trusted module's Estimator by class path, built at --num_samples, beside a built-in name."""
+    from lvm_lightning.evaluate import evaluate_checkpoint
+
+    monkeypatch.chdir(user_run)
+    monkeypatch.syspath_prepend(str(user_run))
+    checkpoint = "runs/default/version_0/checkpoints/last.ckpt"
+    try:
+        report = evaluate_checkpoint(checkpoint, num_samples=8, gap_points=0, trust=["my_models"], estimators=["my_models.RenyiBound", "elbo"])
+    finally:
+        sys.modules.pop("my_models", None)  # the user's module, not left to the tests after
+    assert list(report["estimates"]) == ["renyi", "elbo"] and report["estimates"]["renyi"]["num_samples"] == 8
+
+
 def test_a_class_the_user_does_not_trust_is_refused_in_one_line(user_run):
     result = run_tool(["-m", "lvm_lightning.evaluate", "runs/default/version_0/checkpoints/last.ckpt"], user_run)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "'my_models.StudentTDecoder'" in line and "--trust my_models" in line
+
+
+@pytest.mark.parametrize("trust, said", [([], "--trust stranger"), (["--trust", "stranger"], "Estimator")])
+def test_an_estimator_class_path_from_an_untrusted_module_or_of_another_kind_is_refused(real_checkpoint, tmp_path, monkeypatch, capsys, trust, said):
+    """--estimators resolves a class path as a checkpoint's are: an untrusted module is never imported, a class of another kind is refused."""
+    from lvm_lightning import evaluate
+
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "stranger.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nclass Stranger:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main([str(real_checkpoint), "--gap_points", "0", "--estimators", "stranger.Stranger", *trust])
+    finally:
+        sys.modules.pop("stranger", None)  # a trusted import, not left to the tests after
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and "--estimators" in line and said in line
+    assert marker.exists() == bool(trust)  # imported only once trusted
+
+
+def test_every_lvm_evaluate_option_has_help():
+    from lvm_lightning import evaluate
+
+    assert undocumented_options(evaluate.parser()) == []
 
 
 class Payload:

@@ -14,7 +14,7 @@ from lvm_lightning.models import VAE
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.study import main, run_estimators, study, true_model
 
-from conftest import ROOT, run_tool
+from conftest import ROOT, run_tool, undocumented_options
 
 N, RADIUS, STD, POINTS, REPEATS = 8, 4.0, 0.4, 200, 10  # neighbouring centres 2·4·sin(π/8) = 3.06 apart: 7.7 σ
 
@@ -174,3 +174,7 @@ def test_bad_input_is_one_line(args, message, capsys):
 def test_python_m_runs_the_command_in_a_fresh_process(tmp_path):
     result = run_tool(["-m", "lvm_lightning.study", "estimators", "--repeats", "1"], tmp_path)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == ["error: --repeats must be >= 2 to measure a spread over repeats, got 1"]
+
+
+def test_every_lvm_study_option_has_help():
+    assert undocumented_options(lvm_study.parser()) == []

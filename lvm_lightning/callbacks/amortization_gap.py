@@ -13,6 +13,7 @@ from torch import nn
 from lvm_lightning.callbacks.convergence import convergence_of
 from lvm_lightning.callbacks.due import DataCallback
 from lvm_lightning.data.protocol import SplitData
+from lvm_lightning.dealing import deal
 from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import AIS, REFINE_STEPS, LocalOptimizer, gap_decomposition, in_family, summarize_sums, unconverged_warning
 from lvm_lightning.models.lvm import LatentVariableModel
@@ -131,7 +132,7 @@ class AmortizationGap(DataCallback):
         if not self.active or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         device = pl_module.device
-        x = trainer.datamodule.splits[self.split][: self.num_points][trainer.global_rank :: trainer.world_size].to(device)
+        x = deal(trainer.datamodule.splits[self.split][: self.num_points], trainer.global_rank, trainer.world_size).to(device)
         summary, metrics = self._measure(trainer, pl_module, pl_module.lvm, x, "gap", pl_module.estimator)
         if self.family is not None:  # the same decoder with q* in another family, beside the encoder's (gap/FAMILY/…)
             metrics.update(self._measure(trainer, pl_module, in_family(pl_module.lvm, self.family), x, f"gap/{self.family}")[1])

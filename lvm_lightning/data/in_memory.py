@@ -3,7 +3,7 @@
 The training loader shuffles with a permutation seeded by (seed, epoch), so a run resumed from a checkpoint
 sees the same batches it would have seen, and under DDP each rank takes every world_size-th index. Evaluation
 loaders deal whole batches instead: rank r of W takes batches r, r + W, r + 2W, … of the one-process sequence, so
-each batch holds the points, and (seeded by its global index, ``global_batch_index``) the draws, it has on one device
+each batch holds the points, and (seeded by its global index, ``dealing.dealt_index``) the draws, it has on one device
 (a split of fewer batches than ranks is cut into one batch per rank instead).
 When a trainer is attached the tensors move to its device in ``setup``; ``in_memory=False`` keeps them on the CPU,
 served through a plain DataLoader for training, for data too large for the device.
@@ -18,14 +18,10 @@ from torch import Tensor
 from torch.distributions import Distribution
 from torch.utils.data import DataLoader
 
+from lvm_lightning.dealing import deal, dealt_count
 from lvm_lightning.errors import UsageError
 
 Transform = Callable[[Tensor], Tensor]
-
-
-def global_batch_index(batch_idx: int, rank: int, world_size: int) -> int:
-    """The index in the one-process sequence of rank ``rank``'s ``batch_idx``-th evaluation batch (batches dealt round-robin)."""
-    return batch_idx * world_size + rank
 
 
 class EpochPermutation:
@@ -47,7 +43,7 @@ class EpochPermutation:
         if not self.shuffle:
             return torch.cat(self.batches())
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.size, generator=generator)[self.rank : self._usable : self.world_size]
+        return deal(torch.randperm(self.size, generator=generator)[: self._usable], self.rank, self.world_size)
 
     @property
     def _usable(self) -> int:
@@ -63,7 +59,7 @@ class EpochPermutation:
                 # others wait in: fewer batches than ranks become one batch per rank, of N/W points (whose sampled
                 # estimates then draw other samples than one process's batches of batch_size).
                 batches = torch.arange(self.size, device=device).tensor_split(self.world_size)
-            return batches[self.rank :: self.world_size]
+            return deal(batches, self.rank, self.world_size)
         return self.indices().to(device)[: len(self) * self.batch_size].split(self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
@@ -71,8 +67,8 @@ class EpochPermutation:
 
     def __len__(self) -> int:
         if not self.shuffle:
-            return max(1, len(range(self.rank, -(-self.size // self.batch_size), self.world_size)))  # one each when fewer
-        shard = len(range(self.rank, self._usable, self.world_size))
+            return max(1, dealt_count(-(-self.size // self.batch_size), self.rank, self.world_size))  # one each when fewer
+        shard = dealt_count(self._usable, self.rank, self.world_size)
         return shard // self.batch_size if self.drop_last else -(-shard // self.batch_size)
 
 

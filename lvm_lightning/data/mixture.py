@@ -12,7 +12,22 @@ from lvm_lightning.errors import UsageError
 
 
 class GaussianMixtureData(SyntheticData):
-    """x ~ Σ_c (1/C) N(μ_c, s² I): C clusters on a ring (first two axes) or at random in [−r, r]^D."""
+    """x ~ Σ_c (1/C) N(μ_c, s² I): C clusters on a ring (first two axes) or at random in [−r, r]^D.
+
+    Args:
+        num_clusters: C, the clusters.
+        dim: D, the dimension of a point.
+        radius: r, the ring's radius (or the half-width of the cube of random centres).
+        cluster_std: s, each cluster's standard deviation per axis.
+        layout: ring (the centres evenly on a circle) or random (uniform in the cube, drawn with ``seed``).
+        num_train: points of the training split.
+        num_val: points of the validation split.
+        num_test: points of the test split.
+        batch_size: points per training batch.
+        eval_batch_size: points per validation and test batch.
+        seed: the seed of the points (and of random centres).
+        standardize: whether the model works in standard units; default: yes unless every value lies in [0, 1].
+    """
 
     def __init__(
         self,

@@ -188,6 +188,18 @@ class AIS(Estimator):
     T × ``leapfrog_steps`` decoder passes (forward and backward) per chain and point, and 2 × ``init_samples`` per point for
     'best'. T, C and the leapfrog steps were the narrowest BDMC sandwich per second among those tried on the Fashion-MNIST VAE
     (README). An evaluation estimator: it does not train.
+
+    Args:
+        num_steps: T, the intermediate distributions from q₀ to p_θ(z|x).
+        num_chains: C, the chains per point.
+        leapfrog_steps: leapfrog steps of each HMC transition.
+        init: q₀: best (per point, encoder or prior by Fisher divergence), encoder (q_φ(z|x)) or prior (p(z)).
+        schedule: the annealing schedule of the inverse temperatures: sigmoid or linear.
+        step_size: HMC's initial step size, adapted towards ``target_acceptance``.
+        target_acceptance: the acceptance rate the step size is adapted to.
+        adapt_every: the longest window of transitions between fits of the per-coordinate scales (0: q₀'s standard deviations).
+        init_samples: draws of each candidate q₀ that estimate its Fisher divergence (init best).
+        chunk_size: at most this many (chain × point) pairs run at once; default: 2¹⁶.
     """
 
     name = "ais"

@@ -19,6 +19,7 @@ from lvm_lightning.inference.ais import AIS
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Estimator, Exact, ImportanceSampling, elbo, tractable
+from lvm_lightning.reports import summarize_moments, table
 from lvm_lightning.timing import timed
 
 # k for the refinement curve: roughly log-spaced, cut at the optimizer's step cap.
@@ -74,9 +75,7 @@ def summarize_sums(sums: dict[str, Tensor]) -> dict[str, Any]:
     n = float(sums["count"])
     out: dict[str, Any] = {}
     for name in (k for k in sums if f"{k}/sq" in sums):
-        mean = float(sums[name]) / n
-        out[name] = mean
-        out[f"{name}_stderr"] = math.sqrt(max(float(sums[f"{name}/sq"]) / n - mean**2, 0.0) / (n - 1)) if n > 1 else None
+        out[name], out[f"{name}_stderr"] = summarize_moments(float(sums[name]), float(sums[f"{name}/sq"]), n)
     out["seconds_per_point_amortized"] = float(sums["seconds_amortized"]) / n
     out["seconds_per_point_optimized"] = float(sums["seconds_optimized"]) / n
     out["num_points"] = n
@@ -198,7 +197,7 @@ def format_gaps(gaps: dict[str, Any]) -> str:
         f"gaps over {gaps['num_points']} points (log p(x): {gaps['log_px_method']}; q*: {gaps['mean_steps']:.0f} steps on average, {100 * gaps['converged_fraction']:.0f}% converged)"
     ]
     stderr = {name: math.nan if value is None else value for name, value in gaps["stderr"].items()}
-    lines += [f"  {name:<18} {gaps[name]:>11.4f} ± {stderr[name]:.4f}" for name in GAPS]
+    lines += ["  " + line for line in table([(name, f"{gaps[name]:.4f}", f"± {stderr[name]:.4f}") for name in GAPS]).splitlines()]
     lines.append(f"  seconds per point: amortized {gaps['seconds_per_point_amortized']:.2e}, optimized {gaps['seconds_per_point_optimized']:.2e}")
     curve = gaps["refinement"]
     lines.append("  refined ELBO after k steps: " + ", ".join(f"k={k}: {e:.3f}" for k, e in zip(curve["k"], curve["elbo"])))
@@ -211,5 +210,4 @@ def format_gap_columns(columns: dict[str, dict[str, Any]]) -> str:
     rows = [("", *names)]
     rows += [(name, *(f"{columns[c][name]:.4f}" for c in names)) for name in GAPS]
     rows.append(("seconds per point, q*", *(f"{columns[c]['seconds_per_point_optimized']:.2e}" for c in names)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
+    return table(rows)

@@ -81,6 +81,20 @@ class LocalOptimizer:
     shared by the gap callback and ``evaluate``, stop most points of the shipped models in a few
     hundred steps; Cremer et al.'s are max_steps=5000, check_every=100, patience=10. A categorical
     q uses the exact enumerated ELBO (its optimum is the exact posterior, so the IWAE option does not apply).
+
+    Args:
+        num_samples: K, the samples of each step's bound.
+        bound: the bound q* maximizes: elbo, or iwae (the K-sample bound).
+        init: where q* starts: encoder (q_φ(z|x)) or prior (p(z)).
+        lr: Adam's step size; default: the model's (``step_size``).
+        max_steps: the budget of steps; a point still improving then counts as unconverged.
+        check_every: steps between the plateau rule's checks.
+        patience: checks without a rise of more than ``tolerance`` before a point stops.
+        tolerance: nats of rise that count as improvement.
+        decay: the factor of the step size at each check without improvement (1: constant).
+        stopping: point (each point stops on its own) or batch (all at once).
+        gradient: stl (sticking the landing) or reparam (needed by the IWAE bound).
+        precision: 32, or bf16 (the steps' matrix products in bfloat16).
     """
 
     num_samples: int = 10

@@ -25,10 +25,16 @@ class Conditional(nn.Module):
         super().__init__()
         self.net = net
         self.family = family
+        self.bf16 = False  # the net's matrix products in bfloat16 (LatentVariableModel.networks_in_bf16)
 
     def params(self, inputs: Tensor) -> Tensor:
-        """The family's unconstrained parameters for ``inputs``, shape [..., P]."""
-        return self.net(inputs)
+        """The family's unconstrained parameters for ``inputs``, shape [..., P], in float32 whatever precision the net ran in."""
+        if not self.bf16:
+            return self.net(inputs)
+        # Only the net's products are rounded to bfloat16: the family's densities, and so every log-weight, log-sum-exp and
+        # likelihood sum built on them, stay float32, as do the parameters and their gradients.
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
+            return self.net(inputs).float()
 
     def distribution(self, params: Tensor) -> Distribution:
         """The distribution with parameter rows ``params`` [..., P]."""
@@ -100,6 +106,12 @@ class LatentVariableModel(nn.Module):
         self.units = Units(math.prod(rows))
         # A mixture of diagonal Gaussians, shipped or built from parts, starts from k-means clusters of the data (initialize).
         self.kmeans: Optional[KMeansStart] = KMeansStart() if KMeansStart.applies(self) else None
+
+    def networks_in_bf16(self, enabled: bool = True) -> None:
+        """Runs the matrix products of every ``Conditional``'s network in bfloat16 (AMX CPUs, GPU tensor cores), the densities in float32."""
+        for module in self.modules():
+            if isinstance(module, Conditional):
+                module.bf16 = enabled
 
     def standardize(self, x: Tensor) -> None:
         """Fits ``units`` to the training rows ``x`` [N, D] (in the data's units), so that the networks see standard units."""

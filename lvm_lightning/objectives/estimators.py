@@ -9,7 +9,7 @@ estimators draw log-weights shaped [K, B] in chunks, so memory stays bounded how
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional, Sequence
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 from torch import Tensor
@@ -360,24 +360,11 @@ def amortized_elbo(model: LatentVariableModel, x: Tensor) -> Tensor:
     return elbo(model, x, model.posterior(x))
 
 
-def evaluation_estimators(
-    model: LatentVariableModel,
-    num_samples: int,
-    chunk_size: Optional[int] = None,
-    names: Optional[Sequence[str]] = None,
-    optional: Sequence[Estimator] = (),
-) -> list[Estimator]:
-    """Every estimate that applies to ``model`` (exact when tractable, prior- and importance-sampled at K, the ELBO), or those in ``names``,
-    which may also name the ``optional`` ones that apply (costlier estimators, such as AIS, run only when asked for)."""
+def evaluation_estimators(model: LatentVariableModel, num_samples: int, chunk_size: Optional[int] = None) -> list[Estimator]:
+    """Every estimate that applies to ``model``, the built-ins of every evaluation (``evaluation.Evaluators``): exact when tractable,
+    prior- and importance-sampled at K = ``num_samples``, and the ELBO."""
     sampled = [PriorSampling(num_samples, chunk_size), ImportanceSampling(num_samples, chunk_size), ELBO(num_samples, chunk_size)]
-    applicable = {estimator.name: estimator for estimator in ([Exact()] if tractable(model) else []) + sampled}
-    if names is None:
-        return list(applicable.values())
-    choices = {**applicable, **{estimator.name: estimator for estimator in optional if applies(estimator, model)}}
-    unknown = [name for name in names if name not in choices]
-    if unknown or not names:
-        raise UsageError(f"unknown or inapplicable estimators {unknown or '(none given)'}: choose among {', '.join(choices)}")
-    return [choices[name] for name in names]
+    return ([Exact()] if tractable(model) else []) + sampled
 
 
 def applies(estimator: Estimator, model: LatentVariableModel) -> bool:
