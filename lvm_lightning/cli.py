@@ -26,6 +26,7 @@ from lvm_lightning.callbacks import (
 )
 from lvm_lightning.checkpoints import as_config, read_file, stored_arguments
 from lvm_lightning.classes import import_trusted
+from lvm_lightning.console import quiet_console
 from lvm_lightning.data import SplitData
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.files import AtomicCheckpointIO
@@ -114,7 +115,8 @@ class LVMCLI(LightningCLI):
                 "trainer.inference_mode": False,
                 "trainer.logger": {
                     "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "runs", "name": "default"},
+                    # No hp_metric = −1 placeholder: ScalarLayout writes the HPARAMS entry, its results read from the logged scalars.
+                    "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
                 },
             }
         )
@@ -216,6 +218,7 @@ def main(args: Optional[list[str]] = None) -> None:
         resume = resolve_resume((option_values(argv, "--ckpt_path") or [None])[-1], trusted)  # the last one counts, as in argparse
         if resume is not None:
             argv = with_option(argv, "--ckpt_path", resume.ckpt_path)
+        quiet_console(resuming=resume is not None)
         # LightningCLI warns when given args while sys.argv holds arguments too: hand it ours as sys.argv.
         sys.argv[1:] = argv
         LVMCLI(

@@ -23,7 +23,7 @@ from lvm_lightning.data import true_log_prob
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.data_checks import check_values
 from lvm_lightning.errors import UsageError, one_line_errors
-from lvm_lightning.evaluation import Evaluators, choose
+from lvm_lightning.estimates import Evaluators, choose
 from lvm_lightning.files import check_writable, write_atomically
 from lvm_lightning.inference import AIS, LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family, simulate
 from lvm_lightning.models.lvm import LatentVariableModel
@@ -117,7 +117,7 @@ def gap_unavailable(model: LatentVariableModel, gap: LocalOptimizer) -> Optional
 def estimators_to_run(
     module: LVMModule, names: Optional[Sequence[str]], num_samples: int, chunk_size: Optional[int], ais: AIS, trusted: Sequence[str]
 ) -> list[Estimator]:
-    """The estimators to run: those ``names`` asks for (``evaluation.choose``), or by default the built-ins at K = ``num_samples`` with
+    """The estimators to run: those ``names`` asks for (``estimates.choose``), or by default the built-ins at K = ``num_samples`` with
     the run's own validation estimators and training estimator (those whose names the built-ins do not take)."""
     own = (*module.evaluation.extra, module.estimator)
     builtins = Evaluators(num_samples, chunk_size)

@@ -18,13 +18,11 @@ from lvm_lightning.data_checks import check_data
 from lvm_lightning.dealing import dealt_index
 from lvm_lightning.distributed import destroy_process_group_at_exit
 from lvm_lightning.errors import UsageError
-from lvm_lightning.evaluation import Evaluators, estimate_batch
+from lvm_lightning.estimates import Evaluators, SplitMeans, estimate_batch
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Estimator
 from lvm_lightning.rng import seeded_fork
 from lvm_lightning.schedules import Adam, lightning_config
-
-POINTS = "points"  # the key of an evaluation epoch's number of points, beside its sums
 
 
 class LVMModule(pl.LightningModule):
@@ -81,7 +79,7 @@ class LVMModule(pl.LightningModule):
         self.evaluators = self.evaluation.for_model(lvm)
         # torch.compile fuses a step's log-density work for a one-off compilation at the first step: for long runs at large K.
         self._losses = torch.compile(self.losses) if compile else self.losses
-        self._eval_sums: dict[str, Tensor] = {}  # this evaluation epoch's sums over points so far, by metric (and POINTS)
+        self._split = SplitMeans()  # this evaluation epoch's sums over points so far
         self._checked_data: Optional[SplitData] = None
         # Cleared once the model has started from the data, or has weights from a checkpoint (a resumed run's must win).
         self._initialize_from_data = True
@@ -118,35 +116,24 @@ class LVMModule(pl.LightningModule):
         per_point = estimate_batch(self.lvm, x, self.evaluators, dealt_index(batch_idx, self.global_rank, self.trainer.world_size))
         values = {f"log_px/{name}": result.log_px for name, result in per_point.items()}
         values.update({f"{quantity}/{name}": value for name, result in per_point.items() for quantity, value in result.diagnostics.items()})
-        values[POINTS] = torch.ones(len(x), device=self.device)
-        dtype = self._sum_dtype()
-        for key, value in values.items():
-            total = value.sum(dtype=dtype)
-            self._eval_sums[key] = self._eval_sums[key] + total if key in self._eval_sums else total
-
-    def _sum_dtype(self) -> torch.dtype:
-        # float64 (MPS has none): a split's sum of log p̂(x) reaches 1e6 and more, where float32 resolves only 0.1 nats.
-        return torch.float32 if self.device.type == "mps" else torch.float64
+        self._split.add(values)
 
     def _log_evaluation(self, stage: str) -> None:
         """Logs each estimate and diagnostic as its mean over the whole split: the ranks' sums and counts reduced in one collective."""
-        sums, self._eval_sums = self._eval_sums, {}
-        keys = sorted(key for key in sums if key != POINTS)
-        totals = self.trainer.strategy.reduce(torch.stack([*(sums[key] for key in keys), sums[POINTS]]), reduce_op="sum")
-        means = dict(zip(keys, (totals[:-1] / totals[-1]).float()))
+        means = self._split.means(lambda sums: self.trainer.strategy.reduce(sums, reduce_op="sum"))
         log = {f"{stage}/{key}": value for key, value in means.items()}
         if stage == "val":
             # The tightest estimate of log p(x) (each is a lower bound, or exact): what early stopping, the plateau schedule and
             # the convergence callback monitor (all read it after this hook: at on_validation_end, on_train_epoch_end or the
-            # epoch's scheduler step), and TensorBoard's HPARAMS metric.
-            log["val/log_px"] = log["hp_metric"] = torch.stack([means[f"log_px/{estimator.name}"] for estimator in self.evaluators]).max()
+            # epoch's scheduler step), and a result column of TensorBoard's HPARAMS (callbacks.ScalarLayout).
+            log["val/log_px"] = torch.stack([means[f"log_px/{estimator.name}"] for estimator in self.evaluators]).max()
         self.log_dict(log, sync_dist=True)  # the same on every rank already: the reduction keeps them
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_sums = {}
+        self._split = SplitMeans()
 
     def on_test_epoch_start(self) -> None:
-        self._eval_sums = {}
+        self._split = SplitMeans()
 
     def validation_step(self, x: Tensor, batch_idx: int) -> None:
         self._evaluate(x, batch_idx)

@@ -12,7 +12,7 @@ from lightning_fabric import Fabric
 from torch import Tensor
 
 from lvm_lightning.distributed import destroy_process_group_at_exit, quiet_process_group_setup
-from lvm_lightning.evaluation import PerPoint, estimate_batches
+from lvm_lightning.estimates import PerPoint, estimate_batches
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Estimator
 from lvm_lightning.timing import timed

@@ -4,10 +4,9 @@ and compare every tensor of the final checkpoint and every logged metric with an
     .venv/bin/python scripts/fault_drill.py [--config mixture_vae] [--kills 10] [--seed 0] [--extra --trainer.max_epochs 6]
 
 Each launch runs ``train.py fit --config configs/CONFIG.yaml`` in a fresh process, the resumed ones with
-``--ckpt_path runs/NAME/version_0/checkpoints/last.ckpt``. Kills alternate between a random instant
-within one start-up time plus an even share of the training (start-up or training) and the instant the
-checkpoint folder changes (during or between checkpoint writes). After the
-last kill the run is resumed to its end. Exit status 0 when every kill was survived and nothing differs.
+``--ckpt_path runs/NAME/version_0/checkpoints/last.ckpt``. Kills cycle through a random instant early in start-up, the
+instant the checkpoint folder changes (during or between checkpoint writes) and a moment after the run logs (training).
+After the last kill the run is resumed to its end. Exit status 0 when every kill was survived and nothing differs.
 """
 
 import argparse
@@ -62,15 +61,13 @@ def kill_at_random(process: subprocess.Popen, seconds: float) -> bool:
         return True
 
 
-def kill_at_checkpoint_write(process: subprocess.Popen, folder: Path, timeout: float) -> bool:
-    """SIGKILL the moment the checkpoint folder changes (a write started or ended); False if the run ended first."""
+def kill_on_change(process: subprocess.Popen, folder: Path, timeout: float, delay: float = 0.0) -> bool:
+    """SIGKILL ``delay`` seconds after the files of ``folder`` change (a checkpoint write started or ended, a step logged); False if the run ended first."""
     before = checkpoint_entries(folder)
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         if checkpoint_entries(folder) != before:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            return True
+            return kill_at_random(process, delay)
         time.sleep(0.0005)
     return False if process.poll() is not None else kill_at_random(process, 0)
 
@@ -111,18 +108,20 @@ def main() -> None:
             raise SystemExit(f"the uninterrupted run failed: {process.stderr.read()[-2000:]}")
         duration = time.monotonic() - started
         startup = startup or duration
-        # Each launch starts up again: instants up to one start-up plus an even share of the training.
-        horizon = startup + (duration - startup) / args.kills
-        print(f"uninterrupted run: {duration:.1f} s, {startup:.1f} s of it start-up; random kills within {horizon:.1f} s of a launch", flush=True)
+        # Kills during start-up come early in it; kills during training follow the run's own progress (its logged steps), not the
+        # clock: how long a launch takes to start depends on the machine's load, which no instant drawn in advance can know.
+        print(f"uninterrupted run: {duration:.1f} s, {startup:.1f} s of it start-up", flush=True)
         folder = run_folder(drill, args.config)
-        kills, failures, kinds = 0, [], {"start-up or training": 0, "mid-write": 0, "between checkpoint writes": 0}
+        kills, failures, kinds = 0, [], {"start-up": 0, "training": 0, "mid-write": 0, "between checkpoint writes": 0}
         for attempt in range(args.kills):
             process = launch(drill, args.config, extra, resume=attempt > 0)
-            kind = "checkpoint write" if attempt % 2 else "start-up or training"
+            kind = ("start-up", "checkpoint write", "training")[attempt % 3]
             if kind == "checkpoint write":
-                killed = kill_at_checkpoint_write(process, folder / "checkpoints", timeout=duration)
+                killed = kill_on_change(process, folder / "checkpoints", timeout=10 * duration)
+            elif kind == "training":
+                killed = kill_on_change(process, folder, timeout=10 * duration, delay=draw.uniform(0, 0.05))
             else:
-                killed = kill_at_random(process, draw.uniform(0.2, horizon))
+                killed = kill_at_random(process, draw.uniform(0.2, 0.25 * startup))
             if not killed:
                 if process.returncode:
                     failures.append(f"launch {attempt + 1} failed: {process.stderr.read().strip().splitlines()[-1:]}")

@@ -12,9 +12,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_tool(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs ``python ARGS`` in a fresh process from ``cwd`` with the repository importable."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+def run_tool(args: list[str], cwd: Path, timeout: float = 300, warnings: str = "ignore") -> subprocess.CompletedProcess:
+    """Runs ``python ARGS`` in a fresh process from ``cwd`` with the repository importable, Python's warnings filtered by ``warnings``
+    (PYTHONWARNINGS; "default" shows them as a user sees them)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": warnings}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

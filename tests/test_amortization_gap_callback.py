@@ -10,6 +10,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lvm_lightning.callbacks import AmortizationGap
+from lvm_lightning.callbacks.amortization_gap import refinement_figure
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.inference import AIS, LocalOptimizer
 from lvm_lightning.models import VAE, MixtureModel
@@ -50,8 +51,10 @@ def test_training_is_bit_identical_with_the_callback_and_gaps_reach_tensorboard(
     events.Reload()
     tags = set(events.Tags()["scalars"])
     expected = {"gap/elbo_amortized", "gap/elbo_optimized", "gap/log_px", "gap/amortization_gap", "gap/approximation_gap"}
-    expected |= {"gap/seconds_per_point_amortized", "gap/seconds_per_point_optimized", "gap/refined_elbo/k=0", "gap/refined_elbo/k=30"}
+    expected |= {"gap/seconds_per_point_amortized", "gap/seconds_per_point_optimized", "gap/q_star/mean_steps", "gap/q_star/converged_fraction"}
+    expected |= {f"gap/{gap}/{part}" for gap in ("amortization_gap", "approximation_gap") for part in ("stderr", "lower", "upper")}
     assert expected <= tags
+    assert not [tag for tag in tags if "refined_elbo" in tag]  # the refinement curve is a figure, not a tag per k
     assert len(events.Scalars("gap/amortization_gap")) == 2  # every epoch
     assert len(events.Images("gap/refinement")) == 2  # the refinement curve as a figure
     for name in ("elbo_amortized", "elbo_optimized", "log_px"):
@@ -149,3 +152,32 @@ def test_a_second_family_is_logged_beside_the_encoders(tmp_path):
     last = {tag: events.Scalars(tag)[-1].value for tag in ("gap/elbo_optimized", "gap/full/elbo_optimized", "gap/elbo_amortized", "gap/full/elbo_amortized")}
     assert last["gap/full/elbo_optimized"] > last["gap/elbo_optimized"] - 0.05
     assert last["gap/full/elbo_amortized"] == pytest.approx(last["gap/elbo_amortized"], abs=0.1)  # one q_φ, re-expressed
+
+
+def test_the_final_model_is_measured_when_the_run_is_not_a_multiple_of_the_period(tmp_path):
+    """every_n_epochs 2 over 3 epochs: after epoch 2 (the period counts epochs from 1) and after the last, at its final step."""
+    callback = gap_callback()
+    callback.every_n_epochs = 2
+    pl.seed_everything(0)
+    data = GaussianMixtureData(num_clusters=4, num_train=256, num_val=64, num_test=64, batch_size=64, standardize=True)
+    module = LVMModule(VAE(2, 2, encoder_hidden=(16,), decoder_hidden=(16,)), ImportanceSampling(4), eval_num_samples=8)
+    trainer = quiet_trainer(max_epochs=3, logger=TensorBoardLogger(str(tmp_path), name="final"), callbacks=[callback], enable_checkpointing=False)
+    trainer.fit(module, datamodule=data)
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert [event.step for event in events.Scalars("gap/amortization_gap")] == [8, 12]  # 4 steps an epoch
+    assert [event.step for event in events.Images("gap/refinement")] == [8, 12]
+
+
+def test_the_refinement_figure_shows_gains_over_q_phi_with_paired_errors_on_a_log_axis():
+    summary = {"amortization_gap": 0.5, "amortization_gap_stderr": 0.01, "gain/k=1": 0.1, "gain/k=1_stderr": 0.02}
+    summary |= {"gain/k=0": 0.0, "gain/k=0_stderr": 0.0, "gain/k=10": 0.4, "gain/k=10_stderr": 0.03}
+    fig = refinement_figure(summary, [0, 1, 10], epoch=3)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and ax.get_ylim()[0] > -0.1  # no negative side: k = 0 is the line at 0, the gains are >= 0 here
+    (curve,) = [line for line in ax.get_lines() if len(line.get_xdata()) > 2 or line.get_marker() == "o"]
+    assert list(curve.get_xdata()) == [1, 10] and list(curve.get_ydata()) == [0.1, 0.4]
+    legend = ax.get_legend()
+    fig.canvas.draw()
+    legend_box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert legend_box.x0 >= axes_box.x1  # beside the axes, never over the curve

@@ -123,7 +123,7 @@ def test_a_resumed_run_continues_the_history(tmp_path):
 
 def test_the_gap_callback_says_when_it_measures_an_unconverged_model(tmp_path, capsys):
     trainer, _ = fit(tmp_path, 2, [Convergence(), gap_callback()])
-    assert capsys.readouterr().err.count("amortization gap at epoch 0 is measured on a model that has not converged") == 1  # once a run
+    assert capsys.readouterr().err.count("amortization gap at epoch 1 is measured on a model that has not converged") == 1  # once a run; epochs count from 1
     assert scalars(Path(trainer.logger.log_dir))["gap/model_converged"] == [0.0, 0.0]
 
 

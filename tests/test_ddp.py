@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from lvm_lightning import evaluate
+from lvm_lightning.callbacks.random_state import RandomState
 from lvm_lightning.cli import main
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
+from lvm_lightning.estimates import estimate_batches
 from lvm_lightning.evaluate import check_device, evaluate_checkpoint
-from lvm_lightning.evaluation import estimate_batches
 from lvm_lightning.models import MixtureModel
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import Exact, evaluation_estimators
@@ -155,11 +156,11 @@ def test_an_old_single_rng_state_still_resumes(tmp_path, one_thread):
     torch.manual_seed(7)
     state = torch.get_rng_state()
     expected = torch.rand(3)
-    module.on_load_checkpoint({"rng_state": {"cpu": state}})
-    torch.manual_seed(0)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=0, limit_val_batches=0, logger=False, enable_checkpointing=False)
-    module.trainer = trainer  # on_train_start reads the rank from it
-    module.on_train_start()
+    callback = RandomState()
+    callback.on_load_checkpoint(trainer, module, {"rng_state": {"cpu": state}})
+    torch.manual_seed(0)
+    callback.on_train_start(trainer, module)
     assert torch.equal(torch.rand(3), expected)
 
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal, Normal, kl_divergence
 
 from lvm_lightning.errors import UsageError
-from lvm_lightning.evaluation import estimate_all
+from lvm_lightning.estimates import estimate_all
 from lvm_lightning.models import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.objectives import (
     ELBO,

@@ -1,6 +1,7 @@
 """MNIST-like data through torchvision's real reading path on tiny IDX files written here; conv networks; image callbacks; the Burda schedule."""
 
 import gzip
+import itertools
 import math
 import struct
 from functools import partial
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 
 from lvm_lightning.callbacks import ActiveUnits, ImageGrids, LatentScatter, active_units
+from lvm_lightning.callbacks.images import DISPLAY_SIZE, GRID_GAP, PAIR_GAP, pair_grid
 from lvm_lightning.cli import main
 from lvm_lightning.data import FashionMNISTData, GaussianMixtureData, MNISTData, TensorLoader
 from lvm_lightning.data.images import IDX_FILES
@@ -289,11 +291,31 @@ def test_callbacks_write_grids_scatter_and_active_units_to_tensorboard(flat: Pat
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     events.Reload()
     (pairs,), (samples,), (scatter,) = (events.Images(tag) for tag in ("images/reconstructions", "images/prior_samples", "latent/test_encodings"))
-    assert (pairs.width, pairs.height) == (16 * 30 + 2, 32)  # 8 inputs, each beside its reconstruction; 2-pixel padding
-    assert (samples.width, samples.height) == (8 * 30 + 2, 32)
+    # 28-pixel images doubled to 56; 8 pairs to a row, each input 2 pixels from its reconstruction, the pairs 8 apart.
+    assert (pairs.width, pairs.height) == (8 * (56 + 2 + 56 + 8) + 8, 56 + 2 * 8)
+    assert (samples.width, samples.height) == (8 * (56 + 8) + 8, 56 + 2 * 8)
     assert scatter.width > 100
     (units,) = events.Scalars("val/active_units")
     assert 0 <= units.value <= 2
+
+
+def test_a_pair_is_the_input_beside_its_reconstruction_with_a_narrower_gap_than_between_pairs() -> None:
+    inputs, outputs = torch.zeros(2, 16), torch.full((2, 16), 0.5)  # black inputs, grey reconstructions, 4x4 images
+    grid = pair_grid(inputs, outputs, (1, 4, 4), nrow=2)
+    row = grid[0, GRID_GAP + 1]  # a line through the first row of pairs
+    runs = [(float(value), len(list(group))) for value, group in itertools.groupby(row.tolist())]
+    size = DISPLAY_SIZE  # 4 pixels enlarged 16 times
+    assert runs == [(1.0, GRID_GAP), (0.0, size), (1.0, PAIR_GAP), (0.5, size), (1.0, GRID_GAP), (0.0, size), (1.0, PAIR_GAP), (0.5, size), (1.0, GRID_GAP)]
+
+
+def test_pictures_show_the_final_model_when_the_run_is_not_a_multiple_of_the_period(flat: Path, tmp_path: Path) -> None:
+    logger = TensorBoardLogger(str(tmp_path / "runs"), name="final")
+    trainer = pl.Trainer(max_epochs=3, logger=logger, callbacks=[ImageGrids(every_n_epochs=2, num_images=4)], enable_checkpointing=False,
+                         enable_progress_bar=False, limit_train_batches=2)  # fmt: skip
+    trainer.fit(tiny_module(), datamodule=fashion(flat, batch_size=10))
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert [event.step for event in events.Images("images/reconstructions")] == [4, 6]  # after epoch 2 and after the last, epoch 3
 
 
 def test_image_callbacks_leave_training_bit_identical(flat: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from arviz_stats.base import array_stats
 
+from lvm_lightning.estimates import estimate_all
 from lvm_lightning.evaluate import summarize_estimates
-from lvm_lightning.evaluation import estimate_all
 from lvm_lightning.inference import AIS
 from lvm_lightning.models import LinearGaussian, MixtureModel
 from lvm_lightning.objectives import ELBO, Estimate, ImportanceSampling, PriorSampling, evaluation_estimators, pareto_k

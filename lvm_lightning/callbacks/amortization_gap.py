@@ -8,14 +8,14 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
-from torch import nn
+from torch import Tensor, nn
 
 from lvm_lightning.callbacks.convergence import convergence_of
-from lvm_lightning.callbacks.due import DataCallback
+from lvm_lightning.callbacks.data_callback import DataCallback, epoch_due
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.dealing import deal
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import AIS, REFINE_STEPS, LocalOptimizer, gap_decomposition, in_family, summarize_sums, unconverged_warning
+from lvm_lightning.inference import AIS, REFINE_STEPS, GapReport, LocalOptimizer, gap_decomposition, in_family, summarize_sums, unconverged_warning
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Estimator
 from lvm_lightning.rng import seeded_fork
@@ -33,42 +33,79 @@ def _evaluation_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+GAP_NAMES = ("amortization_gap", "approximation_gap")
+Q_STAR = {"steps": "q_star/mean_steps", "converged": "q_star/converged_fraction"}  # q*'s fit, under names that say whose
+
+
+def paired_sums(report: GapReport) -> dict[str, Tensor]:
+    """Σ and Σ² over points of each gain over ELBO(q_φ), point by point: ELBO after k refinement steps (``gain/k=K``) and, where
+    the estimator refines q_φ, ELBO of its refined q (``gain/semi_amortized``); the points' own spread cancels in these differences."""
+    gains = {f"gain/k={k}": elbo - report.elbo_amortized for k, elbo in report.refined.items()}
+    if report.elbo_semi_amortized is not None:
+        gains["gain/semi_amortized"] = report.elbo_semi_amortized - report.elbo_amortized
+    sums = {}
+    for name, value in gains.items():
+        sums[name] = value.double().sum()
+        sums[f"{name}/sq"] = value.double().square().sum()
+    return sums
+
+
+def tensorboard_metrics(summary: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The scalars of one decomposition under ``prefix``: the three bounds, each gap with its paired standard error and the band
+    gap ± one standard error (``lower``, ``upper``, CUSTOM SCALARS' margin chart), the semi-amortized ELBO, seconds per point and q*'s fit."""
+    names = ["elbo_amortized", "elbo_optimized", "log_px", *GAP_NAMES, "elbo_semi_amortized", "seconds_per_point_amortized", "seconds_per_point_optimized"]
+    metrics = {f"{prefix}/{name}": summary[name] for name in names if name in summary}
+    metrics.update({f"{prefix}/{tag}": summary[name] for name, tag in Q_STAR.items()})
+    for name in GAP_NAMES:
+        stderr = summary[f"{name}_stderr"]
+        if stderr is not None:  # None for one point
+            value = summary[name]
+            metrics.update({f"{prefix}/{name}/stderr": stderr, f"{prefix}/{name}/lower": value - stderr, f"{prefix}/{name}/upper": value + stderr})
+    return metrics
+
+
 def refinement_figure(summary: dict[str, Any], ks: Sequence[int], epoch: int) -> Figure:
-    """ELBO after k Adam steps from q_φ against k (± one standard error), with ELBO(q*) and log p(x) as lines."""
-    elbo = [summary[f"refined_elbo/k={k}"] for k in ks]
-    err = [summary[f"refined_elbo/k={k}_stderr"] or 0.0 for k in ks]
+    """ELBO after k Adam steps from q_φ, less ELBO(q_φ), against k ≥ 1 on a log axis (± one paired standard error), with the
+    amortization gap ELBO(q*) − ELBO(q_φ) it closes (a band of ± one paired standard error) and the semi-amortized gain as lines."""
+    shown = [k for k in ks if k >= 1]  # k = 0 is q_φ itself: gain 0 by definition, and no place on a log axis
+    gain = [summary[f"gain/k={k}"] for k in shown]
+    err = [summary[f"gain/k={k}_stderr"] or 0.0 for k in shown]
+    gap, gap_err = summary["amortization_gap"], summary["amortization_gap_stderr"] or 0.0
     # A bare Figure, not pyplot: importing the callback leaves matplotlib's backend alone.
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(7.5, 4))
     ax = fig.add_subplot()
-    ax.errorbar(ks, elbo, yerr=err, marker="o", capsize=3, label="ELBO after k steps from q_φ (k = 0: amortized)")
-    if "elbo_semi_amortized" in summary:
-        ax.axhline(summary["elbo_semi_amortized"], color="tab:orange", linestyle="-.", label="ELBO after the training refinement (semi-amortized)")
-    ax.axhline(summary["elbo_optimized"], color="tab:green", linestyle="--", label="ELBO(q*)")
-    ax.axhline(summary["log_px"], color="black", linestyle=":", label="log p(x)")
-    ax.set_xscale("symlog", linthresh=1)
+    ax.errorbar(shown, gain, yerr=err, marker="o", capsize=3, label="ELBO after k steps from q_φ")
+    ax.axhline(gap, color="tab:green", linestyle="--", label="ELBO(q*): the amortization gap")
+    ax.axhspan(gap - gap_err, gap + gap_err, color="tab:green", alpha=0.15)
+    if "gain/semi_amortized" in summary:
+        ax.axhline(summary["gain/semi_amortized"], color="tab:orange", linestyle="-.", label="the training refinement (semi-amortized)")
+    ax.axhline(0.0, color="black", linewidth=0.8, label="ELBO(q_φ), amortized (k = 0)")
+    if shown:
+        ax.set_xscale("log")
     ax.set_xlabel("k, Adam steps of per-point refinement")
-    ax.set_ylabel("nats per point")
-    ax.set_title(f"semi-amortized refinement, epoch {epoch}")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("ELBO − ELBO(q_φ), nats per point")
+    ax.set_title(f"refinement of q_φ toward q*, epoch {epoch} (± one paired standard error)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside the axes, never over the curve
     fig.tight_layout()
     return fig
 
 
 class AmortizationGap(DataCallback):
-    """After every ``every_n_epochs`` training epochs, logs on the first ``num_points`` points of ``split``:
+    """After every ``every_n_epochs`` training epochs, and once more after the last unless it fell on the period, logs on the
+    first ``num_points`` points of ``split`` (nats per point; docs/tensorboard.md lists the tags):
 
-    gap/elbo_amortized = ELBO(q_φ), gap/elbo_optimized = ELBO(q*), gap/log_px, gap/amortization_gap =
-    ELBO(q*) − ELBO(q_φ), gap/approximation_gap = log p(x) − ELBO(q*), seconds per point of each
-    inference, Adam steps and converged fraction of q* (fit by ``optimizer``), and gap/refined_elbo/k=…
-    after k steps from q_φ, also drawn as the figure gap/refinement (0 turns it all off); where the training estimator refines q_φ
-    (SemiAmortized), gap/elbo_semi_amortized, the ELBO of its refined q, between ELBO(q_φ) and ELBO(q*). Under DDP
-    each rank takes every world_size-th point and sums are all-reduced. The model's weights and
-    modes, its optimizer and the training RNG stream are left as they were: the RNG is forked and
-    seeded with ``seed``, so every evaluation sees the same draws. With a ``Convergence`` callback in the run,
-    gap/model_converged (1 or 0) says whether validation log p(x) had stopped improving, and the first
-    measurement of a model that had not converged says so on stderr. log p(x) is importance-sampled from q* with
-    ``log_px_samples``, or annealed from q* by ``ais`` where given (exact where the model has an exact form). ``family``
-    ('full', 'local_flow', 'diagonal') repeats it with q* in that family on the same decoder, under gap/FAMILY/….
+    gap/elbo_amortized = ELBO(q_φ), gap/elbo_optimized = ELBO(q*), gap/log_px, gap/amortization_gap = ELBO(q*) − ELBO(q_φ)
+    and gap/approximation_gap = log p(x) − ELBO(q*), each gap with its paired standard error (…/stderr, over the points'
+    differences) and the band gap ± stderr (…/lower, …/upper); seconds per point of each inference, and q*'s fit (fit by
+    ``optimizer``): gap/q_star/mean_steps and gap/q_star/converged_fraction. The figure gap/refinement draws the ELBO after k
+    Adam steps from q_φ against k (``refine_steps``; empty: no figure; 0 turns it all off); where the training estimator refines
+    q_φ (SemiAmortized), gap/elbo_semi_amortized, the ELBO of its refined q, between ELBO(q_φ) and ELBO(q*). Under DDP each
+    rank takes every world_size-th point and sums are all-reduced. The model's weights and modes, its optimizer and the
+    training RNG stream are left as they were: the RNG is forked and seeded with ``seed``, so every evaluation sees the same
+    draws. With a ``Convergence`` callback in the run, gap/model_converged (1 or 0) says whether validation log p(x) had
+    stopped improving, and the first measurement of a model that had not converged says so on stderr. log p(x) is
+    importance-sampled from q* with ``log_px_samples``, or annealed from q* by ``ais`` where given (exact where the model has
+    an exact form). ``family`` ('full', 'local_flow', 'diagonal') repeats it with q* in that family on the same decoder, under gap/FAMILY/….
     """
 
     def __init__(
@@ -94,6 +131,7 @@ class AmortizationGap(DataCallback):
         self.refine_steps = [k for k in refine_steps if k <= optimizer.max_steps]
         self.optimizer, self.ais, self.family = optimizer, ais, family
         self._said_unconverged = self._said_q_star = False  # once a run
+        self._measured_at: Optional[int] = None  # the global step of the last measurement
 
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
         if self.every_n_epochs <= 0:
@@ -123,14 +161,23 @@ class AmortizationGap(DataCallback):
             report = gap_decomposition(
                 model, x, self.optimizer, self.elbo_samples, self.log_px_samples, self.refine_steps, self.chunk_size, self.ais, estimator
             )
-        sums = report.sums()
+        sums = {**report.sums(), **paired_sums(report)}
         totals = trainer.strategy.reduce(torch.stack(list(sums.values())), reduce_op="sum")
         summary = summarize_sums(dict(zip(sums, totals)))
-        return summary, {f"{prefix}/{name}": value for name, value in summary.items() if not name.endswith("_stderr") and name != "num_points"}
+        return summary, tensorboard_metrics(summary, prefix)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.active or self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
+        if self.active and epoch_due(trainer, self.every_n_epochs):
+            self._measure_all(trainer, pl_module, trainer.current_epoch + 1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The final model, unless the last epoch measured it: every rank takes part (the sums are reduced).
+        if self.active and self.every_n_epochs > 0 and self._measured_at != trainer.global_step:
+            self._measure_all(trainer, pl_module, trainer.current_epoch)  # Lightning counts the completed epochs here
+
+    def _measure_all(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        """Measures and logs the decomposition (and the family's) of the model after ``epoch`` epochs, with the refinement figure."""
+        self._measured_at = trainer.global_step
         device = pl_module.device
         x = deal(trainer.datamodule.splits[self.split][: self.num_points], trainer.global_rank, trainer.world_size).to(device)
         summary, metrics = self._measure(trainer, pl_module, pl_module.lvm, x, "gap", pl_module.estimator)
@@ -138,7 +185,7 @@ class AmortizationGap(DataCallback):
             metrics.update(self._measure(trainer, pl_module, in_family(pl_module.lvm, self.family), x, f"gap/{self.family}")[1])
         warning = unconverged_warning(float(summary["converged"]), self.num_points, self.optimizer.max_steps)
         if warning is not None and not self._said_q_star and trainer.is_global_zero:
-            print(f"warning: epoch {trainer.current_epoch}: {warning}", file=sys.stderr, flush=True)
+            print(f"warning: epoch {epoch}: {warning}", file=sys.stderr, flush=True)
             self._said_q_star = True
         convergence = convergence_of(trainer)
         if convergence is not None:
@@ -146,7 +193,6 @@ class AmortizationGap(DataCallback):
             verdict = convergence.verdict()
             metrics["gap/model_converged"] = float(verdict.converged)
             if not verdict.converged and not self._said_unconverged and trainer.is_global_zero:
-                epoch = trainer.current_epoch
                 print(
                     f"note: the amortization gap at epoch {epoch} is measured on a model that has not converged ({verdict.reason()})",
                     file=sys.stderr,
@@ -156,5 +202,5 @@ class AmortizationGap(DataCallback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.refine_steps and trainer.is_global_zero and isinstance(trainer.logger, TensorBoardLogger):
-            fig = refinement_figure(summary, self.refine_steps, trainer.current_epoch)
+            fig = refinement_figure(summary, self.refine_steps, epoch)
             trainer.logger.experiment.add_figure("gap/refinement", fig, global_step=trainer.global_step)

@@ -6,15 +6,15 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 
-from lvm_lightning.callbacks.due import DataCallback, picture_due
+from lvm_lightning.callbacks.data_callback import Picture
 from lvm_lightning.data.protocol import SplitData, true_log_prob
 from lvm_lightning.inference import log_marginal
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.rng import seeded_fork
 
 
-class DensityPlot(DataCallback):
-    """Every ``every_n_epochs`` validation epochs, logs the figure 'density' (2-D data only; 0 turns it off).
+class DensityPlot(Picture):
+    """Every ``every_n_epochs`` epochs and after the last, logs the figure 'density' (2-D data only; 0 turns it off).
 
     The model's density on a ``grid_size``² grid is exact where tractable, else importance-sampled from
     the amortized q with ``num_samples`` per point: a picture, cheap, not a figure of merit.
@@ -30,9 +30,7 @@ class DensityPlot(DataCallback):
         return None if dim == 2 else f"the data are {dim}-D, it draws 2-D data"
 
     @torch.no_grad()
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.active or not picture_due(trainer, self.every_n_epochs):
-            return
+    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         datamodule = trainer.datamodule
         points = datamodule.splits["val"][: self.max_points].cpu()
         lo, hi = points.min(0).values, points.max(0).values
@@ -51,7 +49,7 @@ class DensityPlot(DataCallback):
         for ax, (title, log_density) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
             ax.contourf(gx, gy, log_density.exp().reshape(gx.shape), levels=20, cmap="viridis")
             ax.scatter(points[:, 0], points[:, 1], s=2, c="white", alpha=0.4)
-            ax.set_title(f"{title} density p(x), epoch {trainer.current_epoch}")
+            ax.set_title(f"{title} density p(x), epoch {epoch}")
             ax.set_aspect("equal")
         fig.tight_layout()
         trainer.logger.experiment.add_figure("density", fig, global_step=trainer.global_step)

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lvm_lightning.callbacks.due import DataCallback
+from lvm_lightning.callbacks.data_callback import DataCallback
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Estimator

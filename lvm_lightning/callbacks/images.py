@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from torchvision.utils import make_grid
 
-from lvm_lightning.callbacks.due import DataCallback, picture_due
+from lvm_lightning.callbacks.data_callback import DataCallback, Picture
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.rng import seeded_fork
@@ -66,14 +66,32 @@ def prior_means(model: LatentVariableModel, num: int) -> Tensor:
     return model.likelihood(model.prior().sample((num,))).mean
 
 
+DISPLAY_SIZE = 64  # pixels: a smaller image is enlarged by the whole factor that brings it closest to this, below or at it
+PAIR_GAP = 2  # pixels between an input and its reconstruction
+GRID_GAP = 8  # pixels between two pairs, or between two samples
+
+
+def upscale(images: Tensor) -> Tensor:
+    """Images [N, C, H, W] enlarged by the whole factor max(1, DISPLAY_SIZE // max(H, W)), each pixel a square block (no smoothing)."""
+    factor = max(1, DISPLAY_SIZE // max(images.shape[-2:]))
+    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
 def image_grid(rows: Tensor, image_shape: tuple[int, ...], nrow: int) -> Tensor:
-    """make_grid of flattened images [N, C·H·W], clipped to [0, 1]."""
-    return make_grid(rows.reshape(-1, *image_shape).clamp(0, 1).cpu(), nrow=nrow, pad_value=1.0)
+    """make_grid of flattened images [N, C·H·W], clipped to [0, 1] and ``upscale``d, GRID_GAP white pixels apart."""
+    return make_grid(upscale(rows.reshape(-1, *image_shape).clamp(0, 1).cpu()), nrow=nrow, padding=GRID_GAP, pad_value=1.0)
 
 
-class ImageGrids(DataCallback):
-    """Every ``every_n_epochs`` validation epochs, logs 'images/reconstructions' (each validation input
-    left of its reconstruction) and 'images/prior_samples' (decoder means at z ~ p(z)); image data only, 0 turns it off."""
+def pair_grid(inputs: Tensor, outputs: Tensor, image_shape: tuple[int, ...], nrow: int) -> Tensor:
+    """``image_grid`` of pairs, ``nrow`` to a row: each input [N, C·H·W] with its output right of it, PAIR_GAP pixels apart, the pairs GRID_GAP apart."""
+    left, right = (upscale(images.reshape(-1, *image_shape).clamp(0, 1).cpu()) for images in (inputs, outputs))
+    gap = torch.ones(*left.shape[:-1], PAIR_GAP)
+    return make_grid(torch.cat([left, gap, right], dim=-1), nrow=nrow, padding=GRID_GAP, pad_value=1.0)
+
+
+class ImageGrids(Picture):
+    """Every ``every_n_epochs`` epochs and after the last, logs 'images/reconstructions' (each validation input as the split stores it,
+    grey levels under dynamic binarization, left of its reconstruction) and 'images/prior_samples' (decoder means at z ~ p(z)); image data only, 0 turns it off."""
 
     def __init__(self, every_n_epochs: int = 1, num_images: int = 32) -> None:
         self.every_n_epochs, self.num_images = every_n_epochs, num_images
@@ -81,22 +99,20 @@ class ImageGrids(DataCallback):
     def unavailable(self, data: SplitData, model: LatentVariableModel) -> Optional[str]:
         return None if self.every_n_epochs <= 0 or data.image_shape is not None else "the data are not images (no image_shape)"
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.active or not picture_due(trainer, self.every_n_epochs):
-            return
+    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         image_shape = trainer.datamodule.image_shape
         model = pl_module.lvm
         x = trainer.datamodule.splits["val"][: self.num_images].to(pl_module.device)
         with seeded_fork(pl_module.device, 0):  # the same draws every epoch, training's stream untouched
-            pairs = torch.stack([x, reconstructions(model, x)], dim=1).flatten(0, 1)
+            outputs = reconstructions(model, x)
             samples = prior_means(model, self.num_images)
         experiment, step = trainer.logger.experiment, trainer.global_step
-        experiment.add_image("images/reconstructions", image_grid(pairs, image_shape, nrow=16), step)
+        experiment.add_image("images/reconstructions", pair_grid(x, outputs, image_shape, nrow=8), step)
         experiment.add_image("images/prior_samples", image_grid(samples, image_shape, nrow=8), step)
 
 
-class LatentScatter(DataCallback):
-    """Every ``every_n_epochs`` validation epochs, logs the figure 'latent/test_encodings': E_q[z] of up to
+class LatentScatter(Picture):
+    """Every ``every_n_epochs`` epochs and after the last, logs the figure 'latent/test_encodings': E_q[z] of up to
     ``max_points`` test points coloured by label; 2-D continuous latents and labelled data only, 0 turns it off."""
 
     def __init__(self, every_n_epochs: int = 1, max_points: int = 5000) -> None:
@@ -111,9 +127,7 @@ class LatentScatter(DataCallback):
         return None if shape == (2,) and model.continuous else f"the latent's shape is {shape}, it draws 2-D continuous encodings"
 
     @torch.no_grad()
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.active or not picture_due(trainer, self.every_n_epochs):
-            return
+    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         x = trainer.datamodule.splits["test"][: self.max_points].to(pl_module.device)
         means = _encoder_means(pl_module.lvm, x, trainer.datamodule.eval_batch_size)[0].cpu()
         labels = trainer.datamodule.labels["test"][: len(means)]
@@ -124,7 +138,7 @@ class LatentScatter(DataCallback):
         fig.colorbar(points, ax=ax, ticks=range(num_classes), label="label")
         ax.set_xlabel("E_q[z_1]")
         ax.set_ylabel("E_q[z_2]")
-        ax.set_title(f"test encodings, epoch {trainer.current_epoch}")
+        ax.set_title(f"test encodings, epoch {epoch}")
         fig.tight_layout()
         trainer.logger.experiment.add_figure("latent/test_encodings", fig, global_step=trainer.global_step)
 

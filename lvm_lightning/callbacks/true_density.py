@@ -5,7 +5,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 from torch import Tensor
 
-from lvm_lightning.callbacks.due import DataCallback
+from lvm_lightning.callbacks.data_callback import DataCallback
 from lvm_lightning.data.protocol import SplitData, true_log_prob
 from lvm_lightning.models.lvm import LatentVariableModel
 

@@ -361,7 +361,7 @@ def amortized_elbo(model: LatentVariableModel, x: Tensor) -> Tensor:
 
 
 def evaluation_estimators(model: LatentVariableModel, num_samples: int, chunk_size: Optional[int] = None) -> list[Estimator]:
-    """Every estimate that applies to ``model``, the built-ins of every evaluation (``evaluation.Evaluators``): exact when tractable,
+    """Every estimate that applies to ``model``, the built-ins of every evaluation (``estimates.Evaluators``): exact when tractable,
     prior- and importance-sampled at K = ``num_samples``, and the ELBO."""
     sampled = [PriorSampling(num_samples, chunk_size), ImportanceSampling(num_samples, chunk_size), ELBO(num_samples, chunk_size)]
     return ([Exact()] if tractable(model) else []) + sampled
