@@ -25,11 +25,11 @@ from lvm_lightning.data_checks import check_values
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.estimates import Evaluators, choose
 from lvm_lightning.files import check_writable, write_atomically
-from lvm_lightning.inference import LocalOptimizer, family_name, format_gap_columns, format_gaps, gap_summary, in_family
+from lvm_lightning.inference import AIS, LocalOptimizer, family_name, format_gap_columns, format_gaps, gap_summary, in_family, simulate
 from lvm_lightning.models.families import PosteriorChoice
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import AIS, Estimator, simulate
+from lvm_lightning.objectives import Estimator
 from lvm_lightning.reports import summarize, table
 from lvm_lightning.rng import seeded_fork
 from lvm_lightning.runs import file_rows, load_run, run_data
@@ -109,13 +109,10 @@ def say_convergence(checkpoint: dict[str, Any], report: dict[str, Any]) -> None:
 def gap_unavailable(model: LatentVariableModel, gap: LocalOptimizer) -> Optional[str]:
     """Why per-point inference cannot fit this model's posterior, so that the gap (on by default) is skipped with a note; None where it
     can. A --gap setting that does not fit a model it could fit is the user's to change: UsageError."""
-    try:
-        gap.check(model)
-    except UsageError as error:
-        if model.discrete or model.continuous:
-            raise
-        return str(error)
-    return None
+    reason = gap.unsupported(model)
+    if reason is not None and (model.enumerable or model.continuous):
+        raise UsageError(reason)
+    return reason
 
 
 def estimators_to_run(

@@ -15,10 +15,10 @@ from lvm_lightning.callbacks.data_callback import DataCallback, epoch_due
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.dealing import deal
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import REFINE_STEPS, GapReport, LocalOptimizer, family_name, gap_decomposition, in_family, summarize_sums, unconverged_warning
+from lvm_lightning.inference import AIS, REFINE_STEPS, GapReport, LocalOptimizer, family_name, gap_decomposition, in_family, summarize_sums, unconverged_warning
 from lvm_lightning.models.families import PosteriorChoice
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import AIS, Estimator
+from lvm_lightning.objectives import Estimator
 from lvm_lightning.rng import seeded_fork
 
 
@@ -139,11 +139,7 @@ class AmortizationGap(DataCallback):
             return None
         if self.split not in data.splits:
             return f"the data module has no {self.split!r} split"
-        try:
-            self.optimizer.check(model)
-        except UsageError as error:
-            return str(error)
-        return None
+        return self.optimizer.unsupported(model)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

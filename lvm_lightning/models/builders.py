@@ -165,7 +165,7 @@ class CategoricalVAE(LatentVariableModel):
         )
         super().__init__(IndependentCategoricalPrior(num_variables, num_categories, learn_prior), decoder, encoder, data_dim)
         self.num_variables, self.num_categories = num_variables, num_categories
-        self.discrete = num_categories**num_variables <= max_enumerate
+        self.enumerable = num_categories**num_variables <= max_enumerate
 
     def support(self) -> Tensor:
         """Every z ∈ {0, …, C−1}^M, [C^M, 1, M] (the first variable slowest)."""

@@ -105,7 +105,7 @@ class LatentVariableModel(nn.Module):
         self.encoder = encoder
         rows = check_parts(prior, decoder, encoder, data_dim)
         # Whether log p(x) = log Σ_z p(z) p(x|z) can be enumerated: asked of the prior, once.
-        self.discrete: bool = bool(prior().has_enumerate_support)
+        self.enumerable: bool = bool(prior().has_enumerate_support)
         # Whether z is continuous (what HMC, per-point inference by gradients and encodings need): asked of the prior's support.
         self.continuous: bool = not prior().support.is_discrete
         self.units = Units(math.prod(rows))
@@ -190,7 +190,7 @@ class LatentVariableModel(nn.Module):
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
             return ["the weights"]
         q = self.posterior(x)
-        z = self.support() if self.discrete else q.sample()  # a categorical with NaN probabilities refuses to sample
+        z = self.support() if self.enumerable else q.sample()  # a categorical with NaN probabilities refuses to sample
         terms = {"log q(z|x)": q.log_prob(z), "log p(z)": self.prior().log_prob(z), "log p(x|z)": self.likelihood(z).log_prob(x)}
         return [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
 
