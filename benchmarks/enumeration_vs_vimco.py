@@ -14,7 +14,7 @@ import time
 import torch
 
 from lvm_lightning.models import CategoricalVAE
-from lvm_lightning.objectives import Exact, ImportanceSampling
+from lvm_lightning.objectives import VIMCO, Exact, ImportanceSampling
 
 
 def seconds_per_step(model: CategoricalVAE, step, x: torch.Tensor, repeats: int = 10) -> float:
@@ -51,7 +51,7 @@ def main() -> None:
             z = model.posterior(x).sample()
             return -model.decoder(z).log_prob(x).mean() - model.posterior(x).log_prob(z).mean()
 
-        exact, vimco = Exact(), ImportanceSampling(args.num_samples, gradient="vimco")
+        exact, vimco = Exact(), ImportanceSampling(args.num_samples, gradient=VIMCO())
         row = [seconds_per_step(model, plain, x)]
         row.append(seconds_per_step(model, lambda x: -exact.objective(model, x).surrogate.mean(), x))
         row.append(seconds_per_step(model, lambda x: -vimco.objective(model, x).surrogate.mean(), x))

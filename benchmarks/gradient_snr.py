@@ -16,21 +16,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lvm_lightning.callbacks import gradient_snr  # noqa: E402
-from lvm_lightning.objectives import ImportanceSampling  # noqa: E402
+from lvm_lightning.objectives import STL, DReG, ImportanceSampling, Reparameterized  # noqa: E402
 from lvm_lightning.runs import load_run, run_data  # noqa: E402
 from tests.test_gradient_snr import rainforth_model  # noqa: E402
 
 KS = (1, 10, 100)
-GRADIENTS = ("reparam", "stl", "dreg")
+GRADIENTS = {"reparam": Reparameterized(), "stl": STL(), "dreg": DReG()}  # by the name each row is reported under
 
 
 def table(model, x: torch.Tensor, num_estimates: int) -> dict[str, dict[str, float]]:
     """{f'{gradient} K={k}': {'encoder': SNR, 'decoder': SNR}}, every cell from seed 0."""
     rows = {}
-    for gradient in GRADIENTS:
+    for gradient, estimator in GRADIENTS.items():
         for k in KS:
             torch.manual_seed(0)
-            ratios = gradient_snr(ImportanceSampling(k, gradient=gradient), model, x, num_estimates)
+            ratios = gradient_snr(ImportanceSampling(k, gradient=estimator), model, x, num_estimates)
             rows[f"{gradient} K={k}"] = {name: float(value) for name, value in ratios.items()}
             print(f"{gradient:>8} K={k:<4} " + "  ".join(f"{name} {value:.3f}" for name, value in rows[f"{gradient} K={k}"].items()), flush=True)
     return rows

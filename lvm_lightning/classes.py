@@ -4,10 +4,10 @@ LightningCLI stores each part of a run as ``{'class_path': …, 'init_args': …
 resolved to the class it names, then checked for where that class really lives (``__module__`` under
 lvm_lightning, torch.nn's layers, or a module the user trusts by name) and for the kind of object the slot it
 fills expects, read from the annotation of the parameter it is passed to: a ``LatentVariableModel`` where the
-module takes its model, an ``Estimator`` where it takes an estimator, an ``nn.Module`` for a part, a data module
-for the data. Every other argument is checked against its annotation too (a number where a number belongs, a
-mapping naming a class where a class belongs, nothing else), and only then is anything built. No other string is
-ever read as a class, a module or a file.
+module takes its model, an ``Estimator`` where it takes an estimator, a ``GradientEstimator`` where an estimator
+takes its gradient, an ``nn.Module`` for a part, a data module for the data. Every other argument is checked against
+its annotation too (a number where a number belongs, a mapping naming a class where a class belongs, nothing else),
+and only then is anything built. No other string is ever read as a class, a module or a file.
 """
 
 import collections.abc
@@ -26,14 +26,16 @@ from torch import nn, optim
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.objectives.estimators import Estimator
+from lvm_lightning.objectives.gradients import GradientEstimator
 
 NAMES = ("lvm_lightning", "torch.nn", "torch.optim")  # what a stored class path may start with
 # Where the class it names must be defined (torch.nn re-exports its layers from torch.nn.modules).
 HOMES = ("lvm_lightning", "torch.nn.modules", "torch.optim")
 # The kinds a slot can expect: a parameter annotated with a subclass of one of these takes a class; nothing else does.
-KINDS: tuple[type, ...] = (nn.Module, Estimator, pl.LightningDataModule)
+KINDS: tuple[type, ...] = (nn.Module, Estimator, GradientEstimator, pl.LightningDataModule)
 # The kinds a factory slot (Callable[..., kind], as LightningCLI's OptimizerCallable) can expect: it takes the class and its arguments, called later.
-FACTORY_KINDS: tuple[type, ...] = (optim.Optimizer, optim.lr_scheduler.LRScheduler, optim.lr_scheduler.ReduceLROnPlateau)
+# nn.Module: a model's posterior and likelihood families (models.families.FamilyFactory), made for the dimension the model supplies.
+FACTORY_KINDS: tuple[type, ...] = (optim.Optimizer, optim.lr_scheduler.LRScheduler, optim.lr_scheduler.ReduceLROnPlateau, nn.Module)
 # Never built from a checkpoint, whatever slot names them: a LightningModule is an nn.Module, but not a part.
 NEVER: tuple[type, ...] = (pl.LightningModule,)
 ANY = inspect.Parameter.empty  # an unannotated parameter: plain values, or a part (nn.Module)

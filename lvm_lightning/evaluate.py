@@ -25,10 +25,11 @@ from lvm_lightning.data_checks import check_values
 from lvm_lightning.errors import UsageError, one_line_errors
 from lvm_lightning.estimates import Evaluators, choose
 from lvm_lightning.files import check_writable, write_atomically
-from lvm_lightning.inference import LocalOptimizer, format_gap_columns, format_gaps, gap_summary, in_family
+from lvm_lightning.inference import AIS, LocalOptimizer, family_name, format_gap_columns, format_gaps, gap_summary, in_family, simulate
+from lvm_lightning.models.families import PosteriorChoice
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import AIS, Estimator, simulate
+from lvm_lightning.objectives import Estimator
 from lvm_lightning.reports import summarize, table
 from lvm_lightning.rng import seeded_fork
 from lvm_lightning.runs import file_rows, load_run, run_data
@@ -87,7 +88,7 @@ def check_device(device: str, devices: int = 1) -> None:
         raise UsageError(f"--devices {devices} but this machine has {available} {what}: pass --devices {available} or fewer")
 
 
-def check_settings(num_samples: int, batch_size: int, chunk_size: Optional[int], gap_points: int, bdmc: int, gap_family: Optional[str]) -> None:
+def check_settings(num_samples: int, batch_size: int, chunk_size: Optional[int], gap_points: int, bdmc: int, gap_family: Optional[PosteriorChoice]) -> None:
     """Raises UsageError, naming the option, for a setting out of its range: before anything is loaded."""
     if min(num_samples, batch_size, 1 if chunk_size is None else chunk_size) < 1:
         raise UsageError(f"--num_samples, --batch_size and --chunk_size must be >= 1, got {num_samples}, {batch_size} and {chunk_size}")
@@ -108,13 +109,10 @@ def say_convergence(checkpoint: dict[str, Any], report: dict[str, Any]) -> None:
 def gap_unavailable(model: LatentVariableModel, gap: LocalOptimizer) -> Optional[str]:
     """Why per-point inference cannot fit this model's posterior, so that the gap (on by default) is skipped with a note; None where it
     can. A --gap setting that does not fit a model it could fit is the user's to change: UsageError."""
-    try:
-        gap.check(model)
-    except UsageError as error:
-        if model.discrete or model.continuous:
-            raise
-        return str(error)
-    return None
+    reason = gap.unsupported(model)
+    if reason is not None and (model.enumerable or model.continuous):
+        raise UsageError(reason)
+    return reason
 
 
 def estimators_to_run(
@@ -187,7 +185,7 @@ def evaluate_checkpoint(
     ais: Optional[AIS] = None,
     bdmc: int = 0,
     gap_log_px: Literal["importance_sampling", "ais"] = "importance_sampling",
-    gap_family: Optional[Literal["diagonal", "full", "local_flow", "flow"]] = None,
+    gap_family: Optional[PosteriorChoice] = None,
     devices: int = 1,
     networks_bf16: bool = False,
 ) -> dict[str, Any]:
@@ -248,7 +246,8 @@ def evaluate_checkpoint(
     report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), "devices": devices, **memory}
     with seeded_fork(x.device, seed):  # the caller's stream untouched
         if gap_points > 0:
-            report.update(gaps_report(model, view, x[:gap_points], gap, num_samples, chunk_size, ais if gap_log_px == "ais" else None, gap_family))
+            family = None if view is None else family_name(view, gap_family)
+            report.update(gaps_report(model, view, x[:gap_points], gap, num_samples, chunk_size, ais if gap_log_px == "ais" else None, family))
         if bdmc > 0:
             report["bdmc"] = bdmc_sandwich(model, bdmc, ais)
     if datamodule is not None and datamodule.true_density is not None:

@@ -8,11 +8,12 @@ from torch import nn
 from torch.distributions import Distribution, MultivariateNormal, Normal
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.inference import AIS, annealing_schedule, simulate
 from lvm_lightning.models import LinearGaussian, MixtureModel
 from lvm_lightning.models.families import DiagonalGaussian
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.priors import StandardNormalPrior
-from lvm_lightning.objectives import AIS, ImportanceSampling, annealing_schedule, simulate
+from lvm_lightning.objectives import ImportanceSampling
 
 
 @pytest.fixture

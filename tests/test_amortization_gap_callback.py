@@ -12,10 +12,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lvm_lightning.callbacks import AmortizationGap
 from lvm_lightning.callbacks.amortization_gap import refinement_figure
 from lvm_lightning.data import GaussianMixtureData
-from lvm_lightning.inference import LocalOptimizer
+from lvm_lightning.inference import AIS, LocalOptimizer
 from lvm_lightning.models import VAE, MixtureModel
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import AIS, Exact, ImportanceSampling
+from lvm_lightning.objectives import Exact, ImportanceSampling
 from lvm_lightning.schedules import Adam
 
 from conftest import gap_callback, quiet_trainer

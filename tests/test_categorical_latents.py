@@ -10,9 +10,10 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from lvm_lightning import evaluate
 from lvm_lightning.errors import UsageError
+from lvm_lightning.inference import AIS
 from lvm_lightning.models import VAE, CategoricalVAE, LatentVariableModel
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import AIS, Exact, ImportanceSampling, PriorSampling
+from lvm_lightning.objectives import VIMCO, DReG, Exact, ImportanceSampling, PriorSampling
 
 from conftest import ROOT, run_tool
 
@@ -29,7 +30,7 @@ def test_enumeration_sums_every_value_once():
         z = torch.tensor(values)[None, None]  # [1, 1, M]
         terms.append(model.prior().log_prob(z) + model.decoder(z).log_prob(x))
     expected = torch.cat(terms).logsumexp(0)
-    assert model.discrete and len(torch.unique(model.support()[:, 0], dim=0)) == 27
+    assert model.enumerable and len(torch.unique(model.support()[:, 0], dim=0)) == 27
     torch.testing.assert_close(Exact().estimate(model, x).log_px, expected)
     # Both sampled estimators agree with it at large K (a check of the sampled path on a categorical z).
     for estimator in (PriorSampling(20_000), ImportanceSampling(20_000)):
@@ -41,18 +42,18 @@ def test_beyond_max_enumerate_the_latent_is_sampled_and_vimco_trains_it():
     torch.manual_seed(1)
     model = CategoricalVAE(data_dim=4, num_variables=20, num_categories=2, encoder_hidden=[32], decoder_hidden=[32])
     x = CategoricalVAE(data_dim=4, num_variables=20, num_categories=2, encoder_hidden=[32], decoder_hidden=[32]).sample(128)
-    assert not model.discrete and not model.continuous
+    assert not model.enumerable and not model.continuous
     with pytest.raises(UsageError, match="enumerable latent"):
         Exact().check(model)
     with pytest.raises(UsageError, match="continuous z"):
         AIS().check(model)
-    with pytest.raises(UsageError, match="gradient 'vimco'"):
+    with pytest.raises(UsageError, match="gradient VIMCO"):
         ImportanceSampling(5).objective(model, x)
     for estimator in (ImportanceSampling(5), PriorSampling(5)):  # neither could train the encoder
-        with pytest.raises(UsageError, match="gradient 'vimco'"):
+        with pytest.raises(UsageError, match="gradient VIMCO"):
             LVMModule(model, estimator)  # refused when the module is built, before any run folder
 
-    estimator, evaluation = ImportanceSampling(5, gradient="vimco"), ImportanceSampling(200)
+    estimator, evaluation = ImportanceSampling(5, gradient=VIMCO()), ImportanceSampling(200)
     torch.manual_seed(2)
     before = float(evaluation.estimate(model, x).log_px.mean())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -70,7 +71,7 @@ def test_train_py_with_vimco(tmp_path):
     estimators; the amortization gap (per-point inference needs a continuous or enumerable z) is off, with the reason in one line."""
     args = [str(ROOT / "train.py"), "fit", "--model.lvm", "lvm_lightning.models.CategoricalVAE", "--model.lvm.num_variables", "16"]
     args += ["--model.lvm.num_categories", "2", "--model.estimator", "lvm_lightning.objectives.ImportanceSampling"]
-    args += ["--model.estimator.num_samples", "4", "--model.estimator.gradient", "vimco", "--trainer.max_epochs", "2"]
+    args += ["--model.estimator.num_samples", "4", "--model.estimator.gradient", "VIMCO", "--trainer.max_epochs", "2"]
     args += ["--trainer.enable_progress_bar", "false", "--data.num_train", "512", "--data.num_val", "256", "--data.num_test", "256"]
     result = run_tool(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,6 +104,6 @@ def test_a_continuous_prior_without_rsample_is_continuous():
     )()
     vae = VAE(data_dim=3, latent_dim=2)
     model = LatentVariableModel(prior, vae.decoder, vae.encoder, data_dim=3)
-    assert model.continuous and not model.discrete
+    assert model.continuous and not model.enumerable
     AIS().check(model)
-    LVMModule(model, ImportanceSampling(5, gradient="dreg"))
+    LVMModule(model, ImportanceSampling(5, gradient=DReG()))

@@ -102,7 +102,7 @@ def test_evaluation_runs_the_chosen_estimators_and_reports_its_cost(trained_run)
 def test_load_from_checkpoint_needs_no_config(trained_run):
 
     module = LVMModule.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt")
-    assert isinstance(module.estimator, Exact) and isinstance(module.lvm, MixtureModel) and module.lvm.discrete
+    assert isinstance(module.estimator, Exact) and isinstance(module.lvm, MixtureModel) and module.lvm.enumerable
 
 
 @pytest.mark.parametrize(

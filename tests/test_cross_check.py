@@ -8,9 +8,9 @@ from torch.distributions import Independent, Normal
 
 from lvm_lightning.cross_check import cross_check
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import LocalOptimizer, gap_summary
+from lvm_lightning.inference import AIS, LocalOptimizer, gap_summary, simulate
 from lvm_lightning.models import LinearGaussian
-from lvm_lightning.objectives import AIS, ELBO, Exact, ImportanceSampling, PriorSampling, simulate
+from lvm_lightning.objectives import ELBO, Exact, ImportanceSampling, PriorSampling
 
 
 @pytest.fixture

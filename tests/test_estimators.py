@@ -263,6 +263,29 @@ def test_importance_sampling_and_the_elbo_share_one_set_of_draws():
     assert results["elbo"].num_samples == 16 and set(results["elbo"].diagnostics) == {"log_weight_std", "log_px_stderr"}
 
 
+def test_an_estimator_with_its_own_sampler_draws_its_own_samples():
+    """Draws are shared by what draws them, not by a name: a subclass of ImportanceSampling whose sampler draws from the prior gets
+    its own decoder pass, and its values are prior sampling's, not importance sampling's."""
+
+    class FromThePrior(ImportanceSampling):
+        name = "from_the_prior"
+
+        def sampler(self, model, x):
+            return PriorSampling(self.num_samples).sampler(model, x)
+
+    model = VAE(3, 2, decoder_hidden=[8])
+    calls = []
+    model.decoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    x = torch.randn(40, 3)
+    torch.manual_seed(0)
+    results = estimate_all(model, x, [ImportanceSampling(16), FromThePrior(16)])
+    torch.manual_seed(0)
+    ImportanceSampling(16).estimate(model, x)
+    prior = PriorSampling(16).estimate(model, x).log_px
+    assert calls == [16, 16, 16, 16]
+    torch.testing.assert_close(results["from_the_prior"].log_px, prior, rtol=0, atol=1e-12)
+
+
 def test_recomputed_chunks_give_the_same_value_and_gradient_with_a_fraction_of_the_memory():
     """``recompute``: each chunk's graph is rebuilt in the backward pass from the same draws; the tensors kept for backward shrink to about one chunk's."""
     model = VAE(20, 4, encoder_hidden=[32], decoder_hidden=[64])

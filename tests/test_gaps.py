@@ -1,16 +1,17 @@
 """Per-point inference and the gap decomposition against closed forms (linear-Gaussian) and on a trained mixture."""
 
 import functools
+import json
 
 import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import LocalOptimizer, gap_decomposition, summarize_sums
+from lvm_lightning.inference import LocalOptimizer, gap_decomposition, gap_summary, summarize_sums
 from lvm_lightning.models import VAE, LinearGaussian, MixtureModel
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import ELBO, Exact, amortized_elbo
+from lvm_lightning.objectives import ELBO, Exact, Reparameterized, amortized_elbo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,7 +147,7 @@ def test_local_optimization_leaves_the_model_untouched_and_gradient_free():
     torch.manual_seed(0)
     model, _, _ = linear_gaussian()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    LocalOptimizer(max_steps=20, bound="iwae", gradient="reparam").fit(model, model.sample(8))
+    LocalOptimizer(max_steps=20, bound="iwae", gradient=Reparameterized()).fit(model, model.sample(8))
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert all(p.grad is None for p in model.parameters())
@@ -164,3 +165,34 @@ def test_prior_initialization_and_usage_errors():
         LocalOptimizer(bound="iwae").fit(categorical, torch.zeros(3, 2))
     with pytest.raises(UsageError, match="stopping"):
         LocalOptimizer(stopping="never")
+
+
+def test_the_best_start_is_per_point_the_nearer_of_encoder_and_prior():
+    """init 'best': the encoder's rows where q_φ is the exact posterior (Fisher divergence 0), the prior's where the encoder is far off;
+    refused for a categorical z, which has no Fisher divergence."""
+    torch.manual_seed(0)
+    model, weight, bias = linear_gaussian()
+    x = model.sample(8)
+    cov = closed_form(weight, bias, x)[1].covariance_matrix[0]  # the same for every point
+    gain = cov @ weight.T / SIGMA**2
+    layer = model.encoder.net[0]
+    with torch.no_grad():
+        layer.weight.copy_(torch.cat([gain, torch.zeros_like(gain)]))
+        layer.bias.copy_(torch.cat([-gain @ bias, 0.5 * torch.diagonal(cov).log()]))
+    best = LocalOptimizer(init="best")
+    assert torch.equal(best.initial_params(model, x), LocalOptimizer().initial_params(model, x))
+    with torch.no_grad():
+        layer.bias[:3] += 50.0
+    assert torch.equal(best.initial_params(model, x), torch.zeros(8, 6))
+    with pytest.raises(UsageError, match="continuous z"):
+        best.fit(MixtureModel(2, 5), torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("gradient", [None, Reparameterized()])
+def test_the_gap_summary_is_json_and_names_the_gradient(gradient):
+    """The summary lvm-evaluate writes: q*'s settings as plain values, its gradient estimator by class name (STL by default)."""
+    torch.manual_seed(0)
+    model, _, _ = linear_gaussian()
+    bound = "elbo" if gradient is None else "iwae"
+    summary = gap_summary(model, model.sample(4), LocalOptimizer(max_steps=5, bound=bound, gradient=gradient), elbo_samples=10, log_px_samples=10)
+    assert json.loads(json.dumps(summary))["local_optimizer"]["gradient"] == ("STL" if gradient is None else "Reparameterized")

@@ -8,8 +8,7 @@ import torch
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models import LinearGaussian, MixtureModel
-from lvm_lightning.objectives import ELBO, ImportanceSampling
-from lvm_lightning.objectives.estimators import leave_one_out_bounds
+from lvm_lightning.objectives import ELBO, STL, VIMCO, DReG, ImportanceSampling, leave_one_out_bounds
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact zeros and CLT bounds read in double precision (tests/conftest.py)
 
@@ -51,13 +50,13 @@ def gradients(estimator: ImportanceSampling, model, x: torch.Tensor, num: int, s
     return {name: torch.stack(value) for name, value in rows.items()}
 
 
-@pytest.mark.parametrize("gradient, k", [("stl", 1), ("dreg", 1), ("dreg", 8)])
+@pytest.mark.parametrize("gradient, k", [(STL, 1), (DReG, 1), (DReG, 8)])
 def test_stl_and_dreg_equal_the_reparameterized_gradient_in_expectation(gradient, k):
     """1500 paired estimates (the same draws z_k): their mean difference from 'reparam' lies within 5 standard errors for every
     encoder weight, while the expected gradient itself is many standard errors from zero (the comparison can fail)."""
     model, x = linear_gaussian()
     reference = gradients(ImportanceSampling(k), model, x, 1500, seed=1)["encoder"]
-    other = gradients(ImportanceSampling(k, gradient=gradient), model, x, 1500, seed=1)["encoder"]
+    other = gradients(ImportanceSampling(k, gradient=gradient()), model, x, 1500, seed=1)["encoder"]
     assert float(paired_z(reference, other).max()) < 5.0
     assert float((reference.mean(0).abs() / reference.std(0) * math.sqrt(len(reference))).max()) > 20
 
@@ -72,11 +71,11 @@ def test_stl_is_biased_for_k_above_one():
     """Tucker et al. (2018): the path derivative alone is not the IWAE bound's gradient once K > 1 (here K = 8)."""
     model, x = linear_gaussian()
     reference = gradients(ImportanceSampling(8), model, x, 1500, seed=1)["encoder"]
-    stl = gradients(ImportanceSampling(8, gradient="stl"), model, x, 1500, seed=1)["encoder"]
+    stl = gradients(ImportanceSampling(8, gradient=STL()), model, x, 1500, seed=1)["encoder"]
     assert float(paired_z(reference, stl).max()) > 10
 
 
-@pytest.mark.parametrize("gradient", ["stl", "dreg"])
+@pytest.mark.parametrize("gradient", [STL, DReG])
 @pytest.mark.parametrize("k", [1, 10])
 def test_path_gradients_vanish_at_the_true_posterior(gradient, k):
     """With q_φ = p_θ(z|x), log w_k = log p(x) for every z: STL's and DReG's encoder gradients are exactly zero, the
@@ -85,18 +84,18 @@ def test_path_gradients_vanish_at_the_true_posterior(gradient, k):
     set_true_posterior(model)
     weights = ImportanceSampling(k).estimate(model, x).log_weights
     assert float((weights - model.marginal().log_prob(x)).abs().max()) < 1e-10  # the oracle: every log w_k is the closed-form log p(x)
-    path = gradients(ImportanceSampling(k, gradient=gradient), model, x, 5, seed=3)["encoder"]
+    path = gradients(ImportanceSampling(k, gradient=gradient()), model, x, 5, seed=3)["encoder"]
     reparam = gradients(ImportanceSampling(k), model, x, 5, seed=3)["encoder"]
     assert float(path.abs().max()) < 1e-10
     assert float(reparam.abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("gradient", ["stl", "dreg", "vimco"])
+@pytest.mark.parametrize("gradient", [STL, DReG, VIMCO])
 def test_the_decoder_keeps_the_iwae_gradient(gradient):
     """θ's gradient is Σ_k w̃_k ∇_θ log w_k under every encoder option: from the same draws it equals the reparameterized bound's."""
     model, x = linear_gaussian()
     reference = gradients(ImportanceSampling(5), model, x, 3, seed=4)["decoder"]
-    other = gradients(ImportanceSampling(5, gradient=gradient), model, x, 3, seed=4)["decoder"]
+    other = gradients(ImportanceSampling(5, gradient=gradient()), model, x, 3, seed=4)["decoder"]
     torch.testing.assert_close(other, reference)
 
 
@@ -106,7 +105,7 @@ def test_dreg_with_a_frozen_encoder_trains_the_decoder_alone():
     reference = gradients(ImportanceSampling(5), model, x, 1, seed=8)["decoder"]
     model.encoder.requires_grad_(False)
     torch.manual_seed(8)
-    surrogate = ImportanceSampling(5, gradient="dreg").objective(model, x).surrogate.mean()
+    surrogate = ImportanceSampling(5, gradient=DReG()).objective(model, x).surrogate.mean()
     grads = torch.autograd.grad(surrogate, list(model.decoder.parameters()))
     torch.testing.assert_close(torch.cat([g.flatten() for g in grads]), reference[0])
 
@@ -114,8 +113,8 @@ def test_dreg_with_a_frozen_encoder_trains_the_decoder_alone():
 def test_dreg_with_recomputed_chunks_gives_the_same_gradient():
     """DReG's per-sample gradient scaling survives ``recompute`` (chunks' graphs rebuilt in the backward pass) and chunking."""
     model, x = linear_gaussian()
-    whole = gradients(ImportanceSampling(12, gradient="dreg"), model, x, 2, seed=5)
-    chunked = gradients(ImportanceSampling(12, chunk_size=4 * len(x), recompute=True, gradient="dreg"), model, x, 2, seed=5)
+    whole = gradients(ImportanceSampling(12, gradient=DReG()), model, x, 2, seed=5)
+    chunked = gradients(ImportanceSampling(12, chunk_size=4 * len(x), recompute=True, gradient=DReG()), model, x, 2, seed=5)
     for name in whole:
         torch.testing.assert_close(chunked[name], whole[name])
 
@@ -155,7 +154,7 @@ def test_vimco_trains_a_categorical_encoder_to_the_posterior():
             return float((q.exp() * (q - log_posterior)).sum(0).mean())
 
     start = kl()
-    estimator = ImportanceSampling(5, gradient="vimco")
+    estimator = ImportanceSampling(5, gradient=VIMCO())
     optimizer = torch.optim.Adam(model.encoder.parameters(), lr=1e-2)
     for _ in range(600):
         optimizer.zero_grad()
@@ -170,11 +169,11 @@ def test_gradient_options_refuse_what_they_cannot_do():
     with pytest.raises(UsageError, match="takes gradient"):
         ImportanceSampling(5, gradient="rebar")
     with pytest.raises(UsageError, match="num_samples >= 2"):
-        ImportanceSampling(1, gradient="vimco")
-    with pytest.raises(UsageError, match="'reparam', 'stl'"):
-        ELBO(5, gradient="dreg")
+        ImportanceSampling(1, gradient=VIMCO())
+    with pytest.raises(UsageError, match=r"Reparameterized\(\) or STL\(\)"):
+        ELBO(5, gradient=DReG())
     model = MixtureModel(2, 3)
-    with pytest.raises(UsageError, match="needs a continuous z.*'vimco'"):
-        ImportanceSampling(5, gradient="stl").check(model)
-    with pytest.raises(UsageError, match="cannot be reparameterized.*vimco"):
-        ImportanceSampling(5, gradient="dreg").objective(model, model.sample(4))
+    with pytest.raises(UsageError, match="needs a continuous z.*VIMCO"):
+        ImportanceSampling(5, gradient=STL()).check(model)
+    with pytest.raises(UsageError, match="cannot be reparameterized.*VIMCO"):
+        ImportanceSampling(5, gradient=DReG()).objective(model, model.sample(4))

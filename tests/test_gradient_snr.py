@@ -13,7 +13,7 @@ from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models import VAE, LinearGaussian
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import ImportanceSampling
+from lvm_lightning.objectives import DReG, ImportanceSampling, Reparameterized
 
 from conftest import quiet_trainer
 
@@ -43,10 +43,10 @@ def test_encoder_snr_falls_with_k_under_reparam_and_rises_under_dreg(seed):
     try:
         model, x = rainforth_model(seed)
         snr = {}
-        for gradient in ("reparam", "dreg"):
+        for name, gradient in (("reparam", Reparameterized()), ("dreg", DReG())):
             for k in (1, 100):
                 torch.manual_seed(seed)
-                snr[gradient, k] = float(gradient_snr(ImportanceSampling(k, gradient=gradient), model, x, 1000)["encoder"])
+                snr[name, k] = float(gradient_snr(ImportanceSampling(k, gradient=gradient), model, x, 1000)["encoder"])
     finally:
         torch.set_default_dtype(torch.float32)
     assert snr["reparam", 100] < 0.5 * snr["reparam", 1], snr
@@ -67,7 +67,7 @@ def fit(callbacks: list, folder) -> tuple[dict, list[dict]]:
     """Three epochs of a small VAE trained with DReG on the mixture data: (final weights, the rows of its CSV log)."""
     torch.manual_seed(0)
     data = GaussianMixtureData(num_train=256, num_val=64, num_test=64, batch_size=64)
-    module = LVMModule(VAE(data_dim=2, latent_dim=2, encoder_hidden=[16], decoder_hidden=[16]), ImportanceSampling(5, gradient="dreg"))
+    module = LVMModule(VAE(data_dim=2, latent_dim=2, encoder_hidden=[16], decoder_hidden=[16]), ImportanceSampling(5, gradient=DReG()))
     logger = CSVLogger(folder)
     trainer = quiet_trainer(max_epochs=3, logger=logger, enable_checkpointing=False, callbacks=callbacks)
     trainer.fit(module, datamodule=data)

@@ -10,8 +10,9 @@ from arviz_stats.base import array_stats
 
 from lvm_lightning.estimates import estimate_all
 from lvm_lightning.evaluate import summarize_estimates
+from lvm_lightning.inference import AIS
 from lvm_lightning.models import LinearGaussian, MixtureModel
-from lvm_lightning.objectives import AIS, ELBO, Estimate, ImportanceSampling, PriorSampling, evaluation_estimators, pareto_k
+from lvm_lightning.objectives import ELBO, Estimate, ImportanceSampling, PriorSampling, evaluation_estimators, pareto_k
 from lvm_lightning.objectives.psis import diagnostics, fits, tail_length
 
 ABOVE = "pareto_k_above_0.7"

@@ -427,3 +427,36 @@ def test_the_loader_is_what_resume_uses(genuine, tmp_path):
     with pytest.raises(UsageError, match="nested deeper"):
         AtomicCheckpointIO().load_checkpoint(path)
     assert inspect.signature(AtomicCheckpointIO.load_checkpoint).parameters.keys() >= {"path", "map_location"}
+
+
+def with_gradient(gradient: Any) -> dict[str, Any]:
+    """A stored VAE run whose importance-sampled estimator names ``gradient`` as its gradient estimator."""
+    estimator = {"class_path": "lvm_lightning.objectives.ImportanceSampling", "init_args": {"num_samples": 2, "gradient": gradient}}
+    return {"lvm": {"class_path": "lvm_lightning.models.VAE", "init_args": {"latent_dim": 2, "data_dim": 8}}, "estimator": estimator}
+
+
+@pytest.mark.parametrize("class_path", ["lvm_lightning.objectives.DReG", "lvm_lightning.objectives.gradients.VIMCO"])
+def test_a_stored_gradient_estimator_reloads(class_path):
+    """The gradient slot takes a GradientEstimator by class path: the reloaded estimator composes the one stored."""
+    model = with_gradient({"class_path": class_path})
+    module = build_module(copy.deepcopy(model), 8)
+    loaded = load_module(LVMModule, {"state_dict": module.state_dict(), "hyper_parameters": model}, "gradient")
+    assert type(loaded.estimator.gradient).__name__ == class_path.rpartition(".")[2]
+
+
+GRADIENT_ATTACKS = {
+    "a module in the working folder": {"class_path": "evilmod.Evil"},
+    "a layer": {"class_path": "torch.nn.Linear", "init_args": {"in_features": 1, "out_features": 1}},
+    "an estimator": {"class_path": "lvm_lightning.objectives.ELBO"},
+    "a bare name": "DReG",
+}
+
+
+@pytest.mark.parametrize("name", list(GRADIENT_ATTACKS))
+def test_the_gradient_slot_refuses_what_is_not_a_gradient_estimator(folder, name):
+    """A foreign class, a layer, an estimator or a bare string where the gradient estimator belongs: refused, nothing imported."""
+    model = with_gradient(GRADIENT_ATTACKS[name])
+    genuine = build_module(with_gradient({"class_path": "lvm_lightning.objectives.DReG"}), 8)
+    with pytest.raises(UsageError, match="gradient"):
+        load_module(LVMModule, {"state_dict": genuine.state_dict(), "hyper_parameters": model}, "hostile")
+    assert_untouched(folder)

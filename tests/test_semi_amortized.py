@@ -16,7 +16,7 @@ from lvm_lightning.errors import UsageError
 from lvm_lightning.inference import LocalOptimizer, gap_decomposition
 from lvm_lightning.models import VAE, HierarchicalVAE, LinearGaussian, MixtureModel
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import ELBO, Exact, ImportanceSampling, SemiAmortized
+from lvm_lightning.objectives import ELBO, DReG, Exact, ImportanceSampling, SemiAmortized
 
 from conftest import quiet_trainer
 
@@ -141,8 +141,8 @@ def test_sa_vae_trains_validates_and_reports_its_refined_elbo_beside_the_gaps(tm
 
 
 def test_settings_it_cannot_take_say_what_to_change():
-    with pytest.raises(UsageError, match="base gradient 'reparam'"):
-        SemiAmortized(ImportanceSampling(4, gradient="dreg"))
+    with pytest.raises(UsageError, match="base gradient Reparameterized"):
+        SemiAmortized(ImportanceSampling(4, gradient=DReG()))
     with pytest.raises(UsageError, match="num_steps >= 0"):
         SemiAmortized(ImportanceSampling(1), num_steps=-1)
     with pytest.raises(UsageError, match="continuous z"):

@@ -9,10 +9,11 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
+from lvm_lightning.inference import AIS
 from lvm_lightning.models import VAE, HierarchicalVAE
 from lvm_lightning.models.vamp import DiagonalGaussianMixture
 from lvm_lightning.module import LVMModule
-from lvm_lightning.objectives import AIS, ImportanceSampling
+from lvm_lightning.objectives import ImportanceSampling
 
 from conftest import quiet_trainer
 
@@ -87,7 +88,7 @@ def test_one_pseudo_input_at_a_point_is_that_points_posterior():
 
 def test_the_shared_encoder_is_trained_once_frozen_with_the_prior_and_saved_and_loaded():
     model = VAE(3, 2, (5,), (5,), num_pseudo_inputs=4).double()
-    assert model.continuous and not model.discrete
+    assert model.continuous and not model.enumerable
     # φ is the prior's and the encoder's: listed once, so Adam steps it once.
     parts = [model.decoder, model.encoder]
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for m in parts for p in m.parameters()) + 4 * 3

@@ -15,9 +15,10 @@ from lvm_lightning.callbacks.data_callback import DataCallback, epoch_due
 from lvm_lightning.data.protocol import SplitData
 from lvm_lightning.dealing import deal
 from lvm_lightning.errors import UsageError
-from lvm_lightning.inference import REFINE_STEPS, GapReport, LocalOptimizer, gap_decomposition, in_family, summarize_sums, unconverged_warning
+from lvm_lightning.inference import AIS, REFINE_STEPS, GapReport, LocalOptimizer, family_name, gap_decomposition, in_family, summarize_sums, unconverged_warning
+from lvm_lightning.models.families import PosteriorChoice
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import AIS, Estimator
+from lvm_lightning.objectives import Estimator
 from lvm_lightning.rng import seeded_fork
 
 
@@ -105,7 +106,7 @@ class AmortizationGap(DataCallback):
     draws. With a ``Convergence`` callback in the run, gap/model_converged (1 or 0) says whether validation log p(x) had
     stopped improving, and the first measurement of a model that had not converged says so on stderr. log p(x) is
     importance-sampled from q* with ``log_px_samples``, or annealed from q* by ``ais`` where given (exact where the model has
-    an exact form). ``family`` ('full', 'local_flow', 'diagonal') repeats it with q* in that family on the same decoder, under gap/FAMILY/….
+    an exact form). ``family`` ('full', 'local_flow', 'diagonal', or a family class) repeats it with q* in that family on the same decoder, under gap/FAMILY/….
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class AmortizationGap(DataCallback):
         chunk_size: Optional[int] = None,
         seed: int = 0,
         ais: Optional[AIS] = None,
-        family: Optional[Literal["diagonal", "full", "local_flow"]] = None,
+        family: Optional[PosteriorChoice] = None,
     ) -> None:
         if num_points < 1 or elbo_samples < 1 or log_px_samples < 1:
             raise UsageError("num_points, elbo_samples and log_px_samples must be >= 1")
@@ -138,11 +139,7 @@ class AmortizationGap(DataCallback):
             return None
         if self.split not in data.splits:
             return f"the data module has no {self.split!r} split"
-        try:
-            self.optimizer.check(model)
-        except UsageError as error:
-            return str(error)
-        return None
+        return self.optimizer.unsupported(model)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -186,7 +183,8 @@ class AmortizationGap(DataCallback):
         x = deal(trainer.datamodule.splits[self.split][: self.num_points], trainer.global_rank, trainer.world_size).to(device)
         summary, metrics = self._measure(trainer, pl_module, pl_module.lvm, x, "gap", pl_module.estimator)
         if self.family is not None:  # the same decoder with q* in another family, beside the encoder's (gap/FAMILY/…)
-            metrics.update(self._measure(trainer, pl_module, in_family(pl_module.lvm, self.family), x, f"gap/{self.family}")[1])
+            view = in_family(pl_module.lvm, self.family)
+            metrics.update(self._measure(trainer, pl_module, view, x, f"gap/{family_name(view, self.family)}")[1])
         warning = unconverged_warning(float(summary["converged"]), self.num_points, self.optimizer.max_steps)
         if warning is not None and not self._said_q_star and trainer.is_global_zero:
             print(f"warning: epoch {epoch}: {warning}", file=sys.stderr, flush=True)

@@ -15,9 +15,10 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from lvm_lightning.inference.ais import AIS
 from lvm_lightning.inference.local import LocalOptimizer, LocalResult
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import AIS, Estimator, Exact, ImportanceSampling, elbo, tractable
+from lvm_lightning.objectives import Estimator, Exact, ImportanceSampling, elbo, tractable
 from lvm_lightning.reports import summarize_moments, table
 from lvm_lightning.timing import timed
 
@@ -167,7 +168,7 @@ def gap_summary(
         converged_fraction=summary["converged"],
         log_px_method=report.log_px_method,
         elbo_samples=elbo_samples,
-        local_optimizer={**asdict(optimizer), "lr": optimizer.step_size(model)},
+        local_optimizer={**asdict(optimizer), "lr": optimizer.step_size(model), "gradient": type(optimizer.path_gradient()).__name__},
         refinement={
             "k": ks,
             "elbo": [summary[f"refined_elbo/k={k}"] for k in ks],

@@ -14,14 +14,15 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.inference.ais import Init, fisher_divergence
 from lvm_lightning.models.lvm import LatentVariableModel
-from lvm_lightning.objectives import ELBO, ImportanceSampling, elbo
+from lvm_lightning.objectives import ELBO, STL, GradientEstimator, ImportanceSampling, elbo
+from lvm_lightning.objectives.estimators import DEFAULT_CHUNK_SIZE
 
 Bound = Literal["elbo", "iwae"]
-Gradient = Literal["stl", "reparam"]
 Precision = Literal["32", "bf16"]
-Init = Literal["encoder", "prior"]
 Stopping = Literal["point", "batch"]
+BEST_SAMPLES = 16  # draws of each start for init 'best' (AIS's init_samples)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class LocalOptimizer:
     A Gaussian q follows the reparameterized gradient, by default its "sticking the landing" form
     (Roeder et al., 2017), whose variance vanishes as q_λ reaches p_θ(z|x): Adam's jitter at the
     optimum then shrinks too, instead of leaving λ a step size away (STL is biased for the IWAE
-    bound, which therefore needs ``gradient="reparam"``). ``precision="bf16"`` autocasts the steps'
+    bound, which therefore needs another ``gradient``, e.g. ``Reparameterized()``). ``precision="bf16"`` autocasts the steps'
     matrix products to bfloat16 (about 1.5x faster on CPUs with AVX512-BF16; the bound's value moves
     by ~0.02 nats, far below its Monte Carlo noise); whatever evaluates q* afterwards runs in float32.
 
@@ -106,7 +107,7 @@ class LocalOptimizer:
     tolerance: float = 1e-5
     decay: float = 0.5
     stopping: Stopping = "point"
-    gradient: Gradient = "stl"
+    gradient: Optional[GradientEstimator] = None  # None: STL() (a default instance would not serialize into a run's config)
     precision: Precision = "32"
 
     def __post_init__(self) -> None:
@@ -114,13 +115,16 @@ class LocalOptimizer:
             raise UsageError("num_samples, max_steps, check_every and patience must be >= 1, lr > 0 and tolerance >= 0")
         if not 0 < self.decay <= 1:
             raise UsageError(f"decay must be in (0, 1] (1: a constant step size), got {self.decay}")
-        choices = {"bound": Bound, "init": Init, "stopping": Stopping, "gradient": Gradient, "precision": Precision}
+        choices = {"bound": Bound, "init": Init, "stopping": Stopping, "precision": Precision}
         for name, allowed in ((name, get_args(literal)) for name, literal in choices.items()):
             value = getattr(self, name)
             if value not in allowed:
                 raise UsageError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
-        if self.bound == "iwae" and self.gradient == "stl":
-            raise UsageError("the STL gradient is biased for the IWAE bound (Tucker et al., 2018): pass gradient 'reparam' with bound 'iwae'")
+        if self.bound == "iwae" and not self.path_gradient().unbiased:
+            raise UsageError(
+                f"gradient {self.path_gradient()!r} is biased for the IWAE bound (Tucker et al., 2018): pass e.g. Reparameterized() with bound 'iwae'"
+            )
+        self.bounded()  # the bound refuses a gradient made for another one
 
     def step_size(self, model: LatentVariableModel) -> float:
         """Adam's learning rate: ``lr``, else 0.1 for logits (the enumerated ELBO is noise-free) and 1e-2 for a Gaussian's μ and log σ.
@@ -129,7 +133,7 @@ class LocalOptimizer:
         """
         if self.lr is not None:
             return self.lr
-        return 0.1 if model.discrete else 1e-2
+        return 0.1 if model.enumerable else 1e-2
 
     def posterior(self, model: LatentVariableModel, params: Tensor) -> Distribution:
         """q_λ for parameter rows ``params`` [N, P], through the encoder's family."""
@@ -137,31 +141,55 @@ class LocalOptimizer:
 
     @torch.no_grad()
     def initial_params(self, model: LatentVariableModel, x: Tensor) -> Tensor:
-        """λ⁰ [N, P]: the encoder's output, or the parameters that make q_λ the prior."""
+        """λ⁰ [N, P]: the encoder's output, the parameters that make q_λ the prior, or ('best') per point the one of the two whose q
+        has the smaller Fisher divergence from p_θ(z|x), each from ``BEST_SAMPLES`` draws (as AIS chooses its start)."""
         if self.init == "encoder":
             return model.posterior_params(x).detach()
-        return model.prior_params().detach().expand(len(x), -1).clone()
+        prior = model.prior_params().detach().expand(len(x), -1).clone()
+        if self.init == "prior":
+            return prior
+        encoder = model.posterior_params(x).detach()
+        from_encoder, from_prior = (fisher_divergence(model, x, self.posterior(model, p), BEST_SAMPLES, DEFAULT_CHUNK_SIZE) for p in (encoder, prior))
+        return torch.where(~(from_encoder <= from_prior)[:, None], prior, encoder)  # the prior where the encoder's is not a number
 
     def objective(self, model: LatentVariableModel, x: Tensor, params: Tensor) -> Tensor:
         """L(λ_i; x_i) per point [N], θ held constant."""
         q = self.posterior(model, params)
-        if model.discrete:
+        if model.enumerable:
             return elbo(model, x, q)
-        density = self.posterior(model, params.detach()) if self.gradient == "stl" else None
-        bound = ImportanceSampling(self.num_samples) if self.bound == "iwae" else ELBO(self.num_samples)
-        return bound.estimate_with(model, x, q, frozen=True, density=density).log_px
+        return self.bounded().objective_with(model, x, q, lambda: self.posterior(model, params.detach()), frozen=True).surrogate
+
+    def bounded(self) -> ImportanceSampling:
+        """The bound L(λ) at K = num_samples, its gradient in λ by ``gradient``."""
+        return (ImportanceSampling if self.bound == "iwae" else ELBO)(self.num_samples, gradient=self.path_gradient())
+
+    def path_gradient(self) -> GradientEstimator:
+        """``gradient``, STL() where none is given."""
+        return self.gradient if self.gradient is not None else STL()
+
+    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
+        """Why per-point inference with these settings cannot fit ``model``'s posterior; None when it can."""
+        if not model.enumerable and not model.continuous:
+            return "per-point inference follows the ELBO's gradient, which needs a continuous z or an enumerable one: this z is neither (raise the model's max_enumerate)"
+        if self.bound == "iwae" and model.enumerable:
+            return "bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO"
+        if not model.enumerable and self.path_gradient().unsupported(model):  # an enumerable z is fit by the exact ELBO, whatever the gradient
+            return self.path_gradient().unsupported(model)
+        if self.init == "best" and not model.continuous:
+            return "init 'best' compares the two starts by Fisher divergence, in z: it needs a continuous z; choose 'encoder' or 'prior'"
+        if self.init != "encoder":
+            try:
+                with torch.no_grad():
+                    model.prior_params()
+            except UsageError as error:  # the encoder's family cannot hold the prior
+                return str(error)
+        return None
 
     def check(self, model: LatentVariableModel) -> None:
-        """Raise UsageError if per-point inference with these settings cannot fit ``model``'s posterior."""
-        if not model.discrete and not model.continuous:
-            raise UsageError(
-                "per-point inference follows the ELBO's gradient, which needs a continuous z or an enumerable one: this z is neither (raise the model's max_enumerate)"
-            )
-        if self.bound == "iwae" and model.discrete:
-            raise UsageError("bound 'iwae' needs a Gaussian latent: a categorical q is fit by the exact enumerated ELBO")
-        if self.init == "prior":
-            with torch.no_grad():
-                model.prior_params()  # raises UsageError where the encoder's family cannot hold the prior
+        """UsageError with the reason ``unsupported`` gives, if it gives one."""
+        reason = self.unsupported(model)
+        if reason is not None:
+            raise UsageError(reason)
 
     def fit(self, model: LatentVariableModel, x: Tensor, record_at: Sequence[int] = ()) -> LocalResult:
         """Optimizes every point's λ from ``initial_params``; ``record_at`` keeps a copy of λ after each listed step count."""

@@ -1,7 +1,19 @@
 """Priors, encoders, decoders and the latent variable models they make."""
 
 from lvm_lightning.models.builders import VAE, CategoricalVAE, LinearGaussian, MixtureModel
-from lvm_lightning.models.families import BernoulliFamily, CategoricalFamily, ContinuousBernoulliFamily, DiagonalGaussian, IndependentCategoricalFamily
+from lvm_lightning.models.families import (
+    LIKELIHOODS,
+    POSTERIORS,
+    BernoulliFamily,
+    CategoricalFamily,
+    ContinuousBernoulliFamily,
+    DiagonalGaussian,
+    ExpressesDistributions,
+    Family,
+    IndependentCategoricalFamily,
+    StartsAtData,
+    StartsNearStandard,
+)
 from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian, LocalFlow
 from lvm_lightning.models.hierarchical import HierarchicalEncoder, HierarchicalPrior, HierarchicalVAE, MarkovChain
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
@@ -9,6 +21,8 @@ from lvm_lightning.models.priors import CategoricalPrior, IndependentCategorical
 from lvm_lightning.models.vamp import VampPrior
 
 __all__ = [
+    "LIKELIHOODS",
+    "POSTERIORS",
     "BernoulliFamily",
     "CategoricalFamily",
     "CategoricalPrior",
@@ -17,6 +31,8 @@ __all__ = [
     "ContinuousBernoulliFamily",
     "CouplingFlow",
     "DiagonalGaussian",
+    "ExpressesDistributions",
+    "Family",
     "FullCovarianceGaussian",
     "HierarchicalEncoder",
     "HierarchicalPrior",
@@ -29,6 +45,8 @@ __all__ = [
     "MarkovChain",
     "MixtureModel",
     "StandardNormalPrior",
+    "StartsAtData",
+    "StartsNearStandard",
     "VAE",
     "VampPrior",
 ]

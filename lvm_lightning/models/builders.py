@@ -14,8 +14,17 @@ from torch.distributions import Distribution, MultivariateNormal
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.conv import ConvDecoder, ConvEncoder
-from lvm_lightning.models.families import CategoricalFamily, DiagonalGaussian, GaussianStd, IndependentCategoricalFamily, Likelihood, likelihood_family
-from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian, LocalFlow
+from lvm_lightning.models.families import (
+    POSTERIORS,
+    CategoricalFamily,
+    DiagonalGaussian,
+    GaussianStd,
+    IndependentCategoricalFamily,
+    LikelihoodChoice,
+    PosteriorChoice,
+    likelihood_family,
+    make_family,
+)
 from lvm_lightning.models.kmeans import KMeansStart
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
@@ -23,21 +32,6 @@ from lvm_lightning.models.priors import CategoricalPrior, IndependentCategorical
 from lvm_lightning.models.vamp import VampPrior
 
 Network = Literal["mlp", "conv"]
-Posterior = Literal["diagonal", "full", "flow", "local_flow"]
-
-
-def posterior_family(name: str, latent_dim: int) -> nn.Module:
-    """The family of q_φ(z|x) (and of per-point q*) called ``name``: a diagonal Gaussian, a full-covariance one, a coupling flow
-    (shared weights, per-point context), or a local flow (every parameter per point)."""
-    if name == "diagonal":
-        return DiagonalGaussian(latent_dim)
-    if name == "full":
-        return FullCovarianceGaussian(latent_dim)
-    if name == "flow":
-        return CouplingFlow(latent_dim)
-    if name == "local_flow":
-        return LocalFlow(latent_dim)
-    raise UsageError(f"unknown posterior {name!r}: choose 'diagonal', 'full', 'flow' or 'local_flow'")
 
 
 MixtureInit = Literal["auto", "kmeans", "random"]
@@ -47,7 +41,7 @@ def conditionals(
     data_dim: int,
     latent_dim: int,
     posterior: nn.Module,
-    likelihood: Likelihood,
+    likelihood: LikelihoodChoice,
     decoder_std: GaussianStd,
     encoder_hidden: Sequence[int],
     decoder_hidden: Sequence[int],
@@ -104,18 +98,13 @@ class MixtureModel(LatentVariableModel):
         encoder_hidden: Sequence[int] = (64, 64),
         decoder_hidden: Sequence[int] = (),
         activation: str = "relu",
-        likelihood: Likelihood = "gaussian",
+        likelihood: LikelihoodChoice = "gaussian",
         decoder_std: GaussianStd = "learned",
         network: Network = "mlp",
         image_shape: Optional[Sequence[int]] = None,
         init: MixtureInit = "auto",
         n_init: int = 5,
     ) -> None:
-        table = likelihood == "gaussian" and network == "mlp" and not decoder_hidden
-        if init == "kmeans" and not table:
-            raise UsageError(
-                "init 'kmeans' sets a table of Gaussian components: it needs likelihood 'gaussian' and decoder_hidden [] (network 'mlp'); use init 'random'"
-            )
         if init not in ("auto", "kmeans", "random"):
             raise UsageError(f"unknown init {init!r}: choose 'auto', 'kmeans' or 'random'")
         if n_init < 1:
@@ -134,7 +123,13 @@ class MixtureModel(LatentVariableModel):
             image_shape,
         )
         super().__init__(CategoricalPrior(num_components, learn=learn_prior), decoder, encoder, data_dim)
-        self.common_scale = decoder_std != "learned"  # one σ for every column stays one σ only under one scale
+        table = KMeansStart.applies(self)
+        if init == "kmeans" and not table:
+            raise UsageError(
+                "init 'kmeans' sets a table of Gaussian components: it needs likelihood 'gaussian' and decoder_hidden [] (network 'mlp'); use init 'random'"
+            )
+        # One σ for every column stays one σ only under one scale.
+        self.common_scale = isinstance(decoder.family, DiagonalGaussian) and decoder.family.isotropic
         self.init = "kmeans" if init == "auto" and table else "random" if init == "auto" else init
         self.num_components, self.n_init = num_components, n_init
         self.kmeans = KMeansStart(n_init) if self.init == "kmeans" else None
@@ -158,7 +153,7 @@ class CategoricalVAE(LatentVariableModel):
         encoder_hidden: Sequence[int] = (64, 64),
         decoder_hidden: Sequence[int] = (64, 64),
         activation: str = "relu",
-        likelihood: Likelihood = "gaussian",
+        likelihood: LikelihoodChoice = "gaussian",
         decoder_std: GaussianStd = "learned",
         max_enumerate: int = 4096,
     ) -> None:
@@ -170,7 +165,7 @@ class CategoricalVAE(LatentVariableModel):
         )
         super().__init__(IndependentCategoricalPrior(num_variables, num_categories, learn_prior), decoder, encoder, data_dim)
         self.num_variables, self.num_categories = num_variables, num_categories
-        self.discrete = num_categories**num_variables <= max_enumerate
+        self.enumerable = num_categories**num_variables <= max_enumerate
 
     def support(self) -> Tensor:
         """Every z ∈ {0, …, C−1}^M, [C^M, 1, M] (the first variable slowest)."""
@@ -183,7 +178,8 @@ class VAE(LatentVariableModel):
     """z ~ N(0, I_d), p_θ(x|z) = likelihood(decoder(z)), q_φ(z|x) = N(μ_φ(x), diag σ_φ²(x)) (Kingma & Welling, 2014).
 
     ``posterior`` 'full' makes q_φ a Gaussian with every correlation, 'flow' a coupling flow, 'local_flow' a sinh-arcsinh flow
-    whose every parameter comes from the network (models/flows.py).
+    whose every parameter comes from the network (models/flows.py); a family class of one's own (``class_path``, a ``Family``) is
+    made for ``latent_dim``, as a ``likelihood`` class is for ``data_dim``.
     ``network`` 'conv' uses stride-2 convolutions over images of ``image_shape`` (C, H, W); then
     ``encoder_hidden`` and ``decoder_hidden`` are their channels. ``num_pseudo_inputs`` C replaces N(0, I) by the VampPrior
     (1/C) Σ_c q_φ(z|u_c) with C learned pseudo-inputs u_c (models/vamp.py).
@@ -196,14 +192,14 @@ class VAE(LatentVariableModel):
         encoder_hidden: Sequence[int] = (64, 64),
         decoder_hidden: Sequence[int] = (64, 64),
         activation: str = "relu",
-        likelihood: Likelihood = "gaussian",
+        likelihood: LikelihoodChoice = "gaussian",
         decoder_std: GaussianStd = "learned",
         network: Network = "mlp",
         image_shape: Optional[Sequence[int]] = None,
-        posterior: Posterior = "diagonal",
+        posterior: PosteriorChoice = "diagonal",
         num_pseudo_inputs: Optional[int] = None,
     ) -> None:
-        family = posterior_family(posterior, latent_dim)
+        family = make_family(posterior, latent_dim, POSTERIORS, "posterior")
         decoder, encoder = conditionals(
             data_dim, latent_dim, family, likelihood, decoder_std, encoder_hidden, decoder_hidden, activation, False, network, image_shape
         )
@@ -227,11 +223,11 @@ class LinearGaussian(LatentVariableModel):
         noise_std: Union[float, Literal["shared"]] = "shared",
         encoder_hidden: Sequence[int] = (),
         activation: str = "relu",
-        posterior: Posterior = "diagonal",
+        posterior: PosteriorChoice = "diagonal",
     ) -> None:
         if noise_std == "learned":
             raise UsageError("the linear-Gaussian model shares one σ: pass noise_std 'shared' or a positive number")
-        family = posterior_family(posterior, latent_dim)
+        family = make_family(posterior, latent_dim, POSTERIORS, "posterior")
         decoder, encoder = conditionals(data_dim, latent_dim, family, "gaussian", noise_std, encoder_hidden, (), activation, False)
         super().__init__(StandardNormalPrior(latent_dim), decoder, encoder, data_dim)
 
@@ -248,8 +244,7 @@ class LinearGaussian(LatentVariableModel):
     @property
     def noise_std(self) -> torch.Tensor:
         """σ, a scalar tensor."""
-        family = self.decoder.family
-        return family.log_std.exp() if family.std == "shared" else torch.tensor(float(family.std)).to(self.weight)
+        return self.decoder.family.common_std().to(self.weight)
 
     def marginal(self) -> Distribution:
         """p(x) = N(b, W Wᵀ + σ² I) in standard units, mapped to the data's."""

@@ -5,17 +5,59 @@ written once whatever produces its parameters. torch.distributions' argument che
 (``validate_args=False``): each check reads a tensor back to the host, about ten syncs a training
 step on a GPU. The data are checked against the likelihood's support once, when a run starts
 (``check_support``); the parameters come from unconstrained tensors and are valid by construction.
+
+A family is any ``nn.Module`` that is a ``Family`` (the Protocol below); what more it offers, it declares by the optional
+Protocols ``StartsAtData``, ``StartsNearStandard`` and ``ExpressesDistributions``, which the model asks for by ``isinstance``.
+A model takes its families as classes (``class_path`` and ``init_args`` in YAML), made for the dimension the model supplies.
 """
 
-from typing import Literal, Union, get_args
+from collections.abc import Mapping
+from typing import Callable, Literal, Protocol, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, ContinuousBernoulli, Distribution, Independent, Normal, constraints
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian, LocalFlow
 
 GaussianStd = Union[float, Literal["learned", "shared"]]
+
+
+@runtime_checkable
+class Family(Protocol):
+    """A parametric family: unconstrained parameter rows [..., num_params] in, a torch Distribution out (an nn.Module's forward)."""
+
+    num_params: int
+
+    def forward(self, params: Tensor) -> Distribution: ...
+
+
+@runtime_checkable
+class StartsAtData(Protocol):
+    """A family whose parameters can be read off data: a decoder's output starts at the data's own fit of it."""
+
+    def data_params(self, x: Tensor) -> Tensor:
+        """The params [P] of the family fitted to the rows ``x`` [N, D] by their column statistics."""
+        ...
+
+
+@runtime_checkable
+class StartsNearStandard(Protocol):
+    """A family with parameters that are zero at a unit scale: an encoder starts at q(z|x) = N(μ(x), I)."""
+
+    def standard_rows(self) -> Tensor:
+        """Which params [P] (a bool mask) are zero at unit scale."""
+        ...
+
+
+@runtime_checkable
+class ExpressesDistributions(Protocol):
+    """A family that can give the params of a distribution it holds: per-point inference starts from the prior or another encoder."""
+
+    def params_of(self, distribution: Distribution) -> Tensor:
+        """The params [..., P] for which the family is ``distribution`` (UsageError where it has none)."""
+        ...
 
 
 class DiagonalGaussian(nn.Module):
@@ -68,6 +110,35 @@ class DiagonalGaussian(nn.Module):
         if self.std != "learned":
             return distribution.mean
         return torch.cat([distribution.mean, distribution.stddev.log()], -1)
+
+    @property
+    def isotropic(self) -> bool:
+        """Whether one σ serves every coordinate and point (shared or fixed), so that the noise is isotropic."""
+        return self.std != "learned"
+
+    def common_std(self) -> Tensor:
+        """The σ that every coordinate and point shares, a scalar tensor (the learned one, or the fixed number); UsageError where the params give σ."""
+        if self.std == "learned":
+            raise UsageError("this Gaussian's σ comes with each point's params: it has no common σ")
+        return self.log_std.exp() if self.std == "shared" else torch.tensor(float(self.std))
+
+    def component_variances(self, variances: Tensor, weights: Tensor) -> Tensor:
+        """The variances [C, D] nearest ``variances`` that C components (weights [C]) in this family can have: their own where σ
+        is learned, one pooled Σ_c w_c mean_d σ²_cd where σ is shared, the fixed σ² where it is fixed."""
+        if self.std == "learned":
+            return variances
+        if self.std == "shared":
+            return torch.full_like(variances, float(weights @ variances.mean(1)))
+        return torch.full_like(variances, float(self.std) ** 2)
+
+    def component_params(self, means: Tensor, variances: Tensor) -> Tensor:
+        """The params rows [C, P] of components N(means_c, diag variances_c) that the family holds (``component_variances``);
+        a shared σ is set to theirs."""
+        if self.std == "learned":
+            return torch.cat([means, 0.5 * variances.log()], 1)
+        if self.std == "shared":
+            self.log_std.copy_(0.5 * variances[0, 0].log())
+        return means
 
 
 class CategoricalFamily(nn.Module):
@@ -141,8 +212,6 @@ class ContinuousBernoulliFamily(nn.Module):
         return Independent(ContinuousBernoulli(logits=params, validate_args=False), 1, validate_args=False)
 
 
-Likelihood = Literal["gaussian", "bernoulli", "continuous_bernoulli"]
-LIKELIHOODS = get_args(Likelihood)
 SUPPORTS = {constraints.boolean: "binary values {0, 1}", constraints.unit_interval: "values in [0, 1]"}
 # Networks start with outputs of order 1 and Adam moves them by about lr a step: real data beyond this take
 # millions of steps to reach, and their squared errors leave float32's range (3e38) from |x| ~ 1e19 on.
@@ -166,12 +235,36 @@ def check_support(likelihood: Distribution, x: Tensor, where: str, hint: str, st
     raise UsageError(f"the decoder's likelihood needs {needs} but {where} has others: {hint}")
 
 
-def likelihood_family(name: str, dim: int, std: GaussianStd = "learned") -> nn.Module:
-    """The observation family p(x|·) called ``name``."""
-    if name == "gaussian":
+# A family factory: a family class (YAML ``class_path`` and ``init_args``) that the model calls with the dimension it supplies, as
+# LightningCLI's OptimizerCallable is called with the parameters. Its objects are ``Family`` (checked by ``make_family``); the slot
+# names nn.Module, the class each of them is, because the command line and the checkpoint loader admit a class by inheritance.
+FamilyFactory = Callable[[int], nn.Module]
+# The short names of the shipped families: what a config or checkpoint may give instead of a class path.
+POSTERIORS: dict[str, FamilyFactory] = {"diagonal": DiagonalGaussian, "full": FullCovarianceGaussian, "flow": CouplingFlow, "local_flow": LocalFlow}
+LIKELIHOODS: dict[str, FamilyFactory] = {"gaussian": DiagonalGaussian, "bernoulli": BernoulliFamily, "continuous_bernoulli": ContinuousBernoulliFamily}
+# The names as the annotations that the command line and the checkpoint loader read, made from the mappings above.
+PosteriorChoice = Union[Literal[tuple(POSTERIORS)], FamilyFactory]  # type: ignore[valid-type]
+LikelihoodChoice = Union[Literal[tuple(LIKELIHOODS)], FamilyFactory]  # type: ignore[valid-type]
+
+
+def make_family(choice: Union[str, FamilyFactory], dim: int, names: Mapping[str, FamilyFactory], part: str) -> nn.Module:
+    """The family ``choice`` for ``dim``: a short name in ``names`` or a family factory, called with ``dim`` and checked to be a Family."""
+    if isinstance(choice, str):
+        if choice not in names:
+            raise UsageError(f"unknown {part} {choice!r}: choose one of {', '.join(names)} or a family class (class_path)")
+        choice = names[choice]
+    family = choice(dim)
+    if not isinstance(family, nn.Module) or not isinstance(family, Family):
+        raise UsageError(f"the {part} {type(family).__name__} is not a family: it must be an nn.Module with num_params and forward(params) -> Distribution")
+    return family
+
+
+def likelihood_family(choice: LikelihoodChoice, dim: int, std: GaussianStd = "learned") -> nn.Module:
+    """The observation family p(x|·) over ``dim`` columns: a short name (LIKELIHOODS; the Gaussian's σ is ``std``) or a family factory."""
+    if isinstance(choice, str) and LIKELIHOODS.get(choice) is DiagonalGaussian:
         return DiagonalGaussian(dim, std)
-    if name == "bernoulli":
-        return BernoulliFamily(dim)
-    if name == "continuous_bernoulli":
-        return ContinuousBernoulliFamily(dim)
-    raise UsageError(f"unknown likelihood {name!r}: choose one of {', '.join(LIKELIHOODS)}")
+    if std != "learned":
+        raise UsageError(
+            "decoder_std sets the σ of likelihood 'gaussian': leave it 'learned' for other likelihoods, and give a family class its σ in its init_args"
+        )
+    return make_family(choice, dim, LIKELIHOODS, "likelihood")

@@ -28,19 +28,29 @@ class FullCovarianceGaussian(nn.Module):
             raise UsageError(f"a Gaussian needs dim >= 1, got {dim}")
         self.dim = dim
         self.num_params = dim + dim * (dim + 1) // 2
-        rows, cols = torch.tril_indices(dim, dim)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
-        self.register_buffer("on_diagonal", rows == cols, persistent=False)
+        # Index lists written out on the host, not boolean masks: a mask's positions are data (nonzero), which the meta
+        # device of the checkpoint loader's size check cannot compute.
+        pairs = [(i, j) for i in range(dim) for j in range(i + 1)]
+        off = [k for k, (i, j) in enumerate(pairs) if i != j]
+        for name, values in {
+            "rows": [i for i, _ in pairs],
+            "cols": [j for _, j in pairs],
+            "off_entries": off,
+            "off_rows": [pairs[k][0] for k in off],
+            "off_cols": [pairs[k][1] for k in off],
+            "diagonal_entries": [k for k, (i, j) in enumerate(pairs) if i == j],
+            "diagonal": list(range(dim)),
+        }.items():
+            self.register_buffer(name, torch.tensor(values, dtype=torch.long), persistent=False)
+        self.register_buffer("on_diagonal", self.rows == self.cols, persistent=False)
 
     def loc_and_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """μ [..., dim] and the lower-triangular L [..., dim, dim] of params rows [..., num_params]."""
         loc, entries = params.split([self.dim, self.num_params - self.dim], -1)
         scale = entries.new_zeros(*entries.shape[:-1], self.dim, self.dim)
-        off = ~self.on_diagonal
         # Written into a fresh tensor, off-diagonal and diagonal apart: exp never meets an off-diagonal entry (no inf·0 gradients).
-        scale[..., self.rows[off], self.cols[off]] = entries[..., off]
-        scale[..., self.rows[self.on_diagonal], self.cols[self.on_diagonal]] = entries[..., self.on_diagonal].exp()
+        scale[..., self.off_rows, self.off_cols] = entries[..., self.off_entries]
+        scale[..., self.diagonal, self.diagonal] = entries[..., self.diagonal_entries].exp()
         return loc, scale
 
     def forward(self, params: Tensor) -> Distribution:

@@ -15,7 +15,7 @@ from torch.distributions import Distribution, constraints
 from torch.func import functional_call
 
 from lvm_lightning.errors import UsageError
-from lvm_lightning.models.families import DiagonalGaussian, GaussianStd, Likelihood, likelihood_family
+from lvm_lightning.models.families import DiagonalGaussian, GaussianStd, LikelihoodChoice, likelihood_family
 from lvm_lightning.models.lvm import Conditional, LatentVariableModel
 from lvm_lightning.models.networks import mlp
 from lvm_lightning.models.priors import StandardNormalPrior
@@ -168,7 +168,7 @@ class HierarchicalVAE(LatentVariableModel):
         latent_dims: Sequence[int] = (4, 2),
         hidden: Sequence[Sequence[int]] = ((64, 64), (32, 32)),
         activation: str = "tanh",
-        likelihood: Likelihood = "gaussian",
+        likelihood: LikelihoodChoice = "gaussian",
         decoder_std: GaussianStd = "learned",
         num_pseudo_inputs: Optional[int] = None,
     ) -> None:

@@ -121,20 +121,14 @@ class KMeansStart:
         k = len(table)
         runs = [constrained(DiagonalMixture.of_clusters(x, lloyd(x, kmeans_plus_plus(x, k)), k), family, logits) for _ in range(self.runs)]
         best = max(runs, key=lambda mixture: float(mixture.log_prob(x).mean()))
-        table.copy_(torch.cat([best.means, 0.5 * best.variances.log()], 1) if family.std == "learned" else best.means)
-        if family.std == "shared":
-            family.log_std.copy_(0.5 * best.variances[0, 0].log())
+        table.copy_(family.component_params(best.means, best.variances))
         if isinstance(logits, nn.Parameter):
             logits.copy_(best.log_weights)
 
 
 def constrained(mixture: DiagonalMixture, family: DiagonalGaussian, logits: Tensor) -> DiagonalMixture:
     """``mixture`` within the model's family: uniform weights unless the logits are learned, one pooled variance for a shared σ, σ² for a fixed σ."""
-    log_weights, variances = mixture.log_weights, mixture.variances
-    if family.std == "shared":
-        variances = torch.full_like(variances, float(log_weights.exp() @ variances.mean(1)))
-    elif family.std != "learned":
-        variances = torch.full_like(variances, float(family.std) ** 2)
+    log_weights, variances = mixture.log_weights, family.component_variances(mixture.variances, mixture.log_weights.exp())
     if not isinstance(logits, nn.Parameter):
         log_weights = torch.zeros_like(log_weights)
     return DiagonalMixture(log_weights, mixture.means, variances)

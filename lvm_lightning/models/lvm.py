@@ -10,6 +10,7 @@ from torch.func import functional_call
 
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.contracts import check_parts
+from lvm_lightning.models.families import ExpressesDistributions, Family, StartsAtData, StartsNearStandard
 from lvm_lightning.models.kmeans import KMeansStart
 from lvm_lightning.models.units import Units
 
@@ -18,7 +19,8 @@ class Conditional(nn.Module):
     """A conditional distribution family(net(input)): encoders q_φ(z|x) and decoders p_θ(x|z) alike.
 
     As an encoder it is what per-point inference needs: ``params`` (unconstrained, [B, P]) for x,
-    ``distribution`` for any such rows, and ``prior_params`` that make it a given prior.
+    ``distribution`` for any such rows, and ``prior_params`` that make it a given prior. ``family`` is a ``Family``
+    (models/families.py); the starts and ``prior_params`` use what more it declares.
     """
 
     def __init__(self, net: nn.Module, family: nn.Module) -> None:
@@ -42,6 +44,10 @@ class Conditional(nn.Module):
 
     def prior_params(self, prior: Distribution) -> Tensor:
         """Parameters [P] for which ``distribution`` is ``prior`` (the start of per-point inference from the prior)."""
+        if not isinstance(self.family, ExpressesDistributions):
+            raise UsageError(
+                f"a {type(self.family).__name__} has no parameters that make it a given distribution: start per-point inference from the encoder (init 'encoder')"
+            )
         return self.family.params_of(prior)
 
     def forward(self, inputs: Tensor) -> Distribution:
@@ -50,24 +56,23 @@ class Conditional(nn.Module):
     def output_layer(self) -> Optional[nn.Linear]:
         """The net's last linear layer if it writes the family's parameters (a [P]-wide output), else None (a convolution)."""
         layers = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
-        width = getattr(self.family, "num_params", None)
-        return layers[-1] if layers and layers[-1].out_features == width else None
+        return layers[-1] if layers and isinstance(self.family, Family) and layers[-1].out_features == self.family.num_params else None
 
     @torch.no_grad()
     def start_at_data(self, u: Tensor) -> None:
         """As a decoder: the output layer's bias set to the family's parameters for the rows ``u`` [N, D] (``family.data_params``),
         so that training starts from the data's own column means and spread, or pixel frequencies (Burda et al., 2016)."""
-        layer, data_params = self.output_layer(), getattr(self.family, "data_params", None)
-        if layer is not None and layer.bias is not None and data_params is not None:
-            layer.bias.copy_(data_params(u))
+        layer = self.output_layer()
+        if layer is not None and layer.bias is not None and isinstance(self.family, StartsAtData):
+            layer.bias.copy_(self.family.data_params(u))
 
     @torch.no_grad()
     def start_near_standard(self) -> None:
         """As an encoder: the output rows that the family's ``standard_rows`` names (log σ, the flows' shapes) set to zero,
         weights and bias, so that q(z|x) starts as N(μ(x), I) whatever the inputs: no scale of e^(random · x) to explode."""
-        layer, rows = self.output_layer(), getattr(self.family, "standard_rows", None)
-        if layer is not None and rows is not None:
-            mask = rows().to(layer.weight.device)
+        layer = self.output_layer()
+        if layer is not None and isinstance(self.family, StartsNearStandard):
+            mask = self.family.standard_rows().to(layer.weight.device)
             layer.weight[mask] = 0
             if layer.bias is not None:
                 layer.bias[mask] = 0
@@ -100,7 +105,7 @@ class LatentVariableModel(nn.Module):
         self.encoder = encoder
         rows = check_parts(prior, decoder, encoder, data_dim)
         # Whether log p(x) = log Σ_z p(z) p(x|z) can be enumerated: asked of the prior, once.
-        self.discrete: bool = bool(prior().has_enumerate_support)
+        self.enumerable: bool = bool(prior().has_enumerate_support)
         # Whether z is continuous (what HMC, per-point inference by gradients and encodings need): asked of the prior's support.
         self.continuous: bool = not prior().support.is_discrete
         self.units = Units(math.prod(rows))
@@ -185,7 +190,7 @@ class LatentVariableModel(nn.Module):
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
             return ["the weights"]
         q = self.posterior(x)
-        z = self.support() if self.discrete else q.sample()  # a categorical with NaN probabilities refuses to sample
+        z = self.support() if self.enumerable else q.sample()  # a categorical with NaN probabilities refuses to sample
         terms = {"log q(z|x)": q.log_prob(z), "log p(z)": self.prior().log_prob(z), "log p(x|z)": self.likelihood(z).log_prob(x)}
         return [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
 

@@ -25,12 +25,20 @@ def wake_objective(model: LatentVariableModel, x: Tensor) -> Tensor:
     return (posterior * model.posterior(x).log_prob(support)).sum(0)
 
 
+def unsupported_encoder_objective(name: Optional[str], model: LatentVariableModel) -> Optional[str]:
+    """Why ``name`` cannot train ``model``'s encoder; None when it can (None, the default, always can)."""
+    if name not in (None, "elbo", "wake"):
+        return f"unknown encoder_objective {name!r}: choose 'elbo' or 'wake'"
+    if name == "wake" and not model.enumerable:
+        return "encoder_objective 'wake' needs an enumerable latent (it sums over p(z|x)): use 'elbo'"
+    return None
+
+
 def resolve_encoder_objective(name: Optional[str], model: LatentVariableModel) -> EncoderObjective:
     """``name``, or the default when None: ``wake`` for an enumerable z, ``elbo`` otherwise."""
+    reason = unsupported_encoder_objective(name, model)
+    if reason is not None:
+        raise UsageError(reason)
     if name is None:
-        return "wake" if model.discrete else "elbo"
-    if name not in ("elbo", "wake"):
-        raise UsageError(f"unknown encoder_objective {name!r}: choose 'elbo' or 'wake'")
-    if name == "wake" and not model.discrete:
-        raise UsageError("encoder_objective 'wake' needs an enumerable latent (it sums over p(z|x)): use 'elbo'")
+        return "wake" if model.enumerable else "elbo"
     return name

@@ -3,13 +3,13 @@
 An estimator is an object with one interface: ``estimate`` (the value log p̂(x) per point, with the
 log-weights it was reduced from), ``objective`` (the training surrogate for θ and φ beside that
 value, kept apart as Pyro keeps ``loss`` and ``differentiable_loss``), ``diagnostics`` (its own
-standard error and weight statistics) and ``check`` (whether it applies to a model). Sampled
+standard error and weight statistics) and ``unsupported`` (why it does not apply to a model, if it does not). Sampled
 estimators draw log-weights shaped [K, B] in chunks, so memory stays bounded however large K is.
 """
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Literal, Optional, get_args
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 from torch import Tensor
@@ -19,13 +19,10 @@ from torch.utils.checkpoint import checkpoint
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import psis
-from lvm_lightning.objectives.encoder import EncoderObjective, resolve_encoder_objective, wake_objective
+from lvm_lightning.objectives.encoder import EncoderObjective, resolve_encoder_objective, unsupported_encoder_objective, wake_objective
+from lvm_lightning.objectives.gradients import NOT_REPARAMETERIZABLE, GradientEstimator, Objective, Reparameterized
 
 DEFAULT_CHUNK_SIZE = 2**16
-NOT_REPARAMETERIZABLE = (
-    "{q} cannot be reparameterized{also}: train with ImportanceSampling, gradient 'vimco' and K >= 2 "
-    "(--model.estimator lvm_lightning.objectives.ImportanceSampling --model.estimator.init_args.gradient vimco)"
-)
 
 
 @dataclass
@@ -66,14 +63,6 @@ def log_mean_exp_diagnostics(estimate: Estimate) -> dict[str, Tensor]:
     return diagnostics
 
 
-@dataclass
-class Objective:
-    """What a training step maximizes: ``surrogate`` [B], whose gradient trains θ and φ, and ``log_px`` [B], the estimate's value."""
-
-    surrogate: Tensor
-    log_px: Tensor
-
-
 class Estimator:
     """Base class. θ follows the estimate's gradient; φ follows it too where the estimate is reparameterized
     in q_φ, and otherwise ``encoder_objective`` with θ held constant: ``elbo`` (reverse KL) or ``wake``
@@ -88,17 +77,30 @@ class Estimator:
     def __init__(self, encoder_objective: Optional[EncoderObjective] = None) -> None:
         self.encoder_objective = encoder_objective
 
-    def check(self, model: LatentVariableModel) -> None:
-        """Raise UsageError if this estimator cannot be used with ``model``."""
-        resolve_encoder_objective(self.encoder_objective, model)
+    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
+        """Why this estimator cannot estimate log p(x) for ``model``; None when it can."""
+        return unsupported_encoder_objective(self.encoder_objective, model)
 
-    def check_training(self, model: LatentVariableModel) -> None:
-        """Raise UsageError if ``objective`` cannot train ``model`` (``check`` having passed).
+    def unsupported_training(self, model: LatentVariableModel) -> Optional[str]:
+        """Why ``objective`` cannot train ``model`` (``unsupported`` having found nothing); None when it can.
 
         Its encoder signal (the ELBO's path or the enumerated sums) needs a continuous z or an enumerable one.
         """
-        if not model.continuous and not model.discrete:
-            raise UsageError(NOT_REPARAMETERIZABLE.format(q="q_φ(z|x)", also=" and z has too many values to enumerate"))
+        if not model.continuous and not model.enumerable:
+            return NOT_REPARAMETERIZABLE.format(q="q_φ(z|x)", also=" and z has too many values to enumerate")
+        return None
+
+    def check(self, model: LatentVariableModel) -> None:
+        """UsageError with the reason ``unsupported`` gives, if it gives one."""
+        reason = self.unsupported(model)
+        if reason is not None:
+            raise UsageError(reason)
+
+    def check_training(self, model: LatentVariableModel) -> None:
+        """UsageError with the reason ``unsupported_training`` gives, if it gives one."""
+        reason = self.unsupported_training(model)
+        if reason is not None:
+            raise UsageError(reason)
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         """log p̂_θ(x) per point, with its log-weights."""
@@ -146,17 +148,17 @@ class Exact(Estimator):
     name = "exact"
     exact = True
 
-    def check(self, model: LatentVariableModel) -> None:
-        super().check(model)
-        if model.marginal() is None and not model.discrete:
-            raise UsageError(
+    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
+        if model.marginal() is None and not model.enumerable:
+            return (
                 "the 'exact' estimator needs an enumerable latent (e.g. MixtureModel) or a model with a closed-form marginal "
                 "(e.g. LinearGaussian): choose PriorSampling or ImportanceSampling"
             )
+        return super().unsupported(model)
 
     def estimate(self, model: LatentVariableModel, x: Tensor) -> Estimate:
         marginal = model.marginal()
-        if marginal is None and not model.discrete:
+        if marginal is None and not model.enumerable:
             self.check(model)  # raises: nothing here is exact
         log_weights = marginal.log_prob(x)[None] if marginal is not None else model.log_joint(x, model.support())
         return Estimate(log_weights.logsumexp(0), log_weights)
@@ -164,19 +166,17 @@ class Exact(Estimator):
 
 def tractable(model: LatentVariableModel) -> bool:
     """Whether log p(x) has an exact form here (an enumerable z, or a closed-form marginal)."""
-    return applies(Exact(), model)
+    return Exact().unsupported(model) is None
 
 
 class SampledEstimator(Estimator):
-    """log p̂(x) = log (1/K) Σ_k w_k over K log-weights drawn ``chunk_size`` (sample × point) pairs at a time from ``proposal``.
+    """log p̂(x) = log (1/K) Σ_k w_k over K log-weights drawn ``chunk_size`` (sample × point) pairs at a time by ``sampler``.
 
     Under autograd every chunk's graph would live until the backward pass, so training memory would grow
     with K × batch. ``recompute`` keeps only each chunk's log-weights and recomputes its graph, with the
     same random draws, during the backward pass (``torch.utils.checkpoint``): memory of one chunk, the
     same gradient, about one more forward pass of time.
     """
-
-    proposal = ""  # the distribution z_k is drawn from, as a name: estimators with one proposal and K share draws
 
     def __init__(
         self, num_samples: int = 1, chunk_size: Optional[int] = None, encoder_objective: Optional[EncoderObjective] = None, recompute: bool = False
@@ -202,7 +202,8 @@ class SampledEstimator(Estimator):
         return self.collect(self.sampler(model, x), x.shape[0])
 
     def draws(self) -> Optional[Hashable]:
-        return (self.proposal, self.num_samples)
+        """The ``sampler`` function itself and K: a subclass that draws otherwise (its own ``sampler`` or ``estimate``) shares no draws."""
+        return (type(self).sampler, type(self).estimate, self.num_samples)
 
     def from_log_weights(self, log_weights: Tensor) -> Estimate:
         return Estimate(self.reduce(log_weights), log_weights)
@@ -234,7 +235,6 @@ class PriorSampling(SampledEstimator):
     """log (1/K) Σ_k p_θ(x|z_k), z_k ~ p(z)."""
 
     name = "prior_sampling"
-    proposal = "p(z)"
     advice = "raise its K (--num_samples), or read importance sampling, whose q_φ(z|x) needs far fewer draws"
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
@@ -262,24 +262,17 @@ def importance_log_weights(
     return model.log_joint(x, z, frozen) - (log_q if q.has_rsample else log_q.detach())
 
 
-Gradient = Literal["reparam", "stl", "dreg", "vimco"]
-
-
 class ImportanceSampling(SampledEstimator):
     """log (1/K) Σ_k p_θ(x, z_k) / q_φ(z_k|x), z_k ~ q_φ(z|x); K = 1 is the ELBO, and it is exact when q = p_θ(z|x).
 
-    θ always follows the bound's gradient, Σ_k w̃_k ∇_θ log w_k with w̃_k = w_k / Σ_j w_j. ``gradient`` chooses φ's:
-    'reparam' the reparameterized bound's (IWAE; K = 1 is the VAE); 'stl' its path derivative alone, log q_φ held
-    constant in φ (Roeder et al., 2017; biased for K > 1); 'dreg' Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ, unbiased with an
-    SNR that does not fall with K (Tucker et al., 2018); 'vimco' the score function Σ_k (L̂ − L̂_{−k}) ∇_φ log q_φ(z_k|x)
-    with leave-one-out baselines, for a q that cannot be reparameterized (Mnih & Rezende, 2016). Under 'reparam', a q
-    that cannot be reparameterized over an enumerable z follows ``encoder_objective``.
+    θ always follows the bound's gradient, Σ_k w̃_k ∇_θ log w_k with w̃_k = w_k / Σ_j w_j. ``gradient`` chooses φ's
+    (objectives/gradients.py): ``Reparameterized()`` the reparameterized bound's (IWAE; K = 1 is the VAE), ``STL()`` its
+    path derivative alone, ``DReG()`` the doubly reparameterized one, ``VIMCO()`` a score function for a q that cannot be
+    reparameterized. Under ``Reparameterized()``, a q that cannot be reparameterized over an enumerable z follows ``encoder_objective``.
     """
 
     name = "importance_sampling"
-    proposal = "q_φ(z|x)"
     advice = "raise its K (--num_samples), or compare with AIS (--estimators importance_sampling ais)"
-    gradients: tuple[str, ...] = get_args(Gradient)
 
     def __init__(
         self,
@@ -287,23 +280,28 @@ class ImportanceSampling(SampledEstimator):
         chunk_size: Optional[int] = None,
         encoder_objective: Optional[EncoderObjective] = None,
         recompute: bool = False,
-        gradient: Gradient = "reparam",
+        gradient: GradientEstimator = Reparameterized(),
     ) -> None:
         super().__init__(num_samples, chunk_size, encoder_objective, recompute)
-        if gradient not in self.gradients:
-            raise UsageError(f"{self.name} takes gradient {', '.join(map(repr, self.gradients))}, got {gradient!r}")
-        if gradient == "vimco" and num_samples < 2:
-            raise UsageError("gradient 'vimco' needs num_samples >= 2: each sample's baseline is made of the other K - 1")
+        if not isinstance(gradient, GradientEstimator):
+            raise UsageError(f"{self.name} takes gradient a GradientEstimator (Reparameterized(), STL(), DReG() or VIMCO()), got {gradient!r}")
+        if self.refuses(gradient):
+            raise UsageError(f"{self.name} takes gradient Reparameterized() or STL() (made for its mean of log-weights), got {gradient!r}")
+        if num_samples < gradient.min_samples:
+            raise UsageError(f"gradient {gradient!r} needs num_samples >= {gradient.min_samples}, got {num_samples}")
         self.gradient = gradient
 
-    def check(self, model: LatentVariableModel) -> None:
-        super().check(model)
-        if self.gradient in ("stl", "dreg") and not model.continuous:
-            raise UsageError(f"gradient {self.gradient!r} differentiates through z ~ q_φ(z|x): it needs a continuous z; for a categorical one use 'vimco'")
+    def refuses(self, gradient: GradientEstimator) -> bool:
+        """Whether ``gradient`` is made for another bound than this one (the log-mean-exp takes every one)."""
+        return False
 
-    def check_training(self, model: LatentVariableModel) -> None:
-        if self.gradient != "vimco":  # VIMCO's score function needs only samples of q and their log-densities
-            super().check_training(model)
+    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
+        return super().unsupported(model) or self.gradient.unsupported(model)
+
+    def unsupported_training(self, model: LatentVariableModel) -> Optional[str]:
+        if not self.gradient.reparameterized:  # a score function needs only samples of q and their log-densities
+            return None
+        return super().unsupported_training(model)
 
     def sampler(self, model: LatentVariableModel, x: Tensor) -> Callable[[int], Tensor]:
         q = model.posterior(x)
@@ -315,78 +313,21 @@ class ImportanceSampling(SampledEstimator):
 
     def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
         q = model.posterior(x)
-        if self.gradient == "vimco":
-            return self._vimco(model, x, q)
-        if not q.has_rsample:
-            if self.gradient != "reparam" or not model.discrete:
-                also = "" if model.discrete else " and z has too many values to enumerate"
-                raise UsageError(NOT_REPARAMETERIZABLE.format(q=f"q_φ(z|x) ({type(q).__name__})", also=also))
-            log_px = self.estimate_with(model, x, q).log_px
-            return Objective(log_px + self.encoder_signal(model, x), log_px)
-        if self.gradient == "reparam":
-            log_px = self.estimate_with(model, x, q).log_px
-        elif self.gradient == "stl":
-            log_px = self.estimate_with(model, x, q, density=model.posterior(x, frozen=True)).log_px
-        else:
-            log_px = self._dreg(model, x, q)
-        return Objective(log_px, log_px)
+        return self.objective_with(model, x, q, lambda: model.posterior(x, frozen=True))
 
-    def _dreg(self, model: LatentVariableModel, x: Tensor, q: Distribution) -> Tensor:
-        """The bound [B] whose backward pass gives φ the DReG gradient: STL log-weights, with each z_k's gradient scaled by w̃_k."""
-        density = model.posterior(x, frozen=True)
-        normalized: list[Tensor] = []  # w̃ [K, B], known once every chunk is drawn and before the backward pass reads it
-        drawn = [0]
-
-        def draw(k: int) -> Tensor:
-            rows = slice(drawn[0], drawn[0] + k)
-            drawn[0] += k
-            z = q.rsample((k,))
-            if z.requires_grad:  # not with a frozen encoder: θ alone learns, by the IWAE gradient
-                # ∂bound/∂z_k = w̃_k ∂log w_k/∂z_k; scaled once more by w̃_k it is DReG's, while θ keeps the IWAE gradient.
-                z.register_hook(lambda grad: grad * normalized[0][rows].reshape(k, -1, *[1] * (grad.dim() - 2)))
-            return model.log_joint(x, z) - density.log_prob(z)
-
-        log_weights = self.draw_all(draw, x.shape[0])
-        normalized.append(torch.softmax(log_weights.detach(), 0))
-        return self.reduce(log_weights)
-
-    def _vimco(self, model: LatentVariableModel, x: Tensor, q: Distribution) -> Objective:
-        """The bound [B] plus a zero-valued term whose gradient is VIMCO's score-function part, Σ_k (L̂ − L̂_{−k}) ∇_φ log q_φ(z_k|x)."""
-
-        def draw(k: int) -> Tensor:
-            z = q.sample((k,))
-            log_q = q.log_prob(z)
-            return torch.stack([model.log_joint(x, z) - log_q, log_q], -1)
-
-        log_weights, log_q = self.draw_all(draw, x.shape[0]).unbind(-1)
-        log_px = self.reduce(log_weights)
-        signal = ((log_px.detach() - leave_one_out_bounds(log_weights.detach())) * log_q).sum(0)
-        return Objective(log_px + signal - signal.detach(), log_px)
-
-
-def leave_one_out_bounds(log_weights: Tensor) -> Tensor:
-    """L̂_{−k} = log (1/K) (Σ_{j≠k} w_j + exp(mean_{j≠k} log w_j)): the bound with w_k replaced by the others' geometric mean, [K, B]."""
-    k = log_weights.shape[0]
-    # A weight of 0 (log w = −inf) makes the others' geometric mean 0 for every other sample, and drops out of its own.
-    zero = ~torch.isfinite(log_weights)
-    finite = torch.where(zero, 0.0, log_weights)
-    others_zero = zero.sum(0) - zero.long()
-    others_mean = torch.where(others_zero > 0, -math.inf, (finite.sum(0) - finite) / (k - 1))
-    total = log_weights.logsumexp(0)
-    # log(Σ_j w_j − w_k) loses no precision while w_k ≤ Σ_j w_j / 2, true for all but the largest w_k: that one is summed without it.
-    others = total + torch.log1p(-(log_weights - total).exp().clamp(max=0.5))
-    largest = log_weights.argmax(0, keepdim=True)
-    without_largest = log_weights.scatter(0, largest, -math.inf).logsumexp(0, keepdim=True)
-    others = others.scatter(0, largest, without_largest)
-    return torch.logaddexp(others, others_mean) - math.log(k)
+    def objective_with(self, model: LatentVariableModel, x: Tensor, q: Distribution, detached: Callable[[], Distribution], frozen: bool = False) -> Objective:
+        """The training surrogate with z_k ~ q for any q of batch shape [B], by ``gradient``; ``detached()`` is q with its parameters held constant."""
+        return self.gradient.objective(self, model, x, q, detached, frozen)
 
 
 class ELBO(ImportanceSampling):
-    """ELBO(q_φ) = E_q[log p_θ(x, z) − log q_φ(z|x)], the mean of K log-weights (not their log-mean-exp); φ's gradient 'reparam' or 'stl'."""
+    """ELBO(q_φ) = E_q[log p_θ(x, z) − log q_φ(z|x)], the mean of K log-weights (not their log-mean-exp); φ's gradient Reparameterized or STL."""
 
     name = "elbo"
-    gradients = ("reparam", "stl")
     estimates_log_px = False
+
+    def refuses(self, gradient: GradientEstimator) -> bool:
+        return gradient.log_mean_exp
 
     def reduce(self, log_weights: Tensor) -> Tensor:
         return log_weights.mean(0)
@@ -406,7 +347,7 @@ def elbo(model: LatentVariableModel, x: Tensor, q: Distribution, num_samples: in
     An enumerable z is summed over exactly (no score-function noise); otherwise ``num_samples``
     reparameterized log-weights are averaged.
     """
-    if model.discrete:
+    if model.enumerable:
         support = model.support()
         log_joint = model.log_joint(x, support, frozen=True)  # [C, B]
         log_q = q.log_prob(support)  # [C, B]
@@ -427,9 +368,5 @@ def evaluation_estimators(model: LatentVariableModel, num_samples: int, chunk_si
 
 
 def applies(estimator: Estimator, model: LatentVariableModel) -> bool:
-    """Whether ``estimator.check(model)`` passes."""
-    try:
-        estimator.check(model)
-    except UsageError:
-        return False
-    return True
+    """Whether ``estimator`` can be used with ``model`` (``unsupported`` finds nothing)."""
+    return estimator.unsupported(model) is None

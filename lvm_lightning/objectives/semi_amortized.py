@@ -9,6 +9,7 @@ from torch.distributions import Distribution
 from lvm_lightning.errors import UsageError
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives.estimators import ELBO, Estimate, Estimator, ImportanceSampling, Objective
+from lvm_lightning.objectives.gradients import Reparameterized
 
 
 class SemiAmortized(Estimator):
@@ -42,15 +43,14 @@ class SemiAmortized(Estimator):
             raise UsageError(f"SemiAmortized needs num_steps >= 0, step_size >= 0 and 0 <= momentum < 1, got {num_steps}, {step_size} and {momentum}")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise UsageError(f"max_grad_norm must be positive (none: no clipping), got {max_grad_norm}")
-        if base.gradient != "reparam":
-            raise UsageError(f"SemiAmortized differentiates its base bound at the refined q: give the base gradient 'reparam', not {base.gradient!r}")
+        if not isinstance(base.gradient, Reparameterized):
+            raise UsageError(f"SemiAmortized differentiates its base bound at the refined q: give the base gradient Reparameterized(), not {base.gradient!r}")
         self.base, self.num_steps, self.step_size, self.through = base, num_steps, step_size, through
         self.momentum, self.max_grad_norm = momentum, max_grad_norm
 
-    def check(self, model: LatentVariableModel) -> None:
-        self.base.check(model)
-        if not model.continuous:
-            raise UsageError("SemiAmortized refines q by gradients in its parameters: it needs a continuous z")
+    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
+        gradients = None if model.continuous else "SemiAmortized refines q by gradients in its parameters: it needs a continuous z"
+        return self.base.unsupported(model) or gradients
 
     def settings(self) -> dict[str, Any]:
         """The refinement's settings and the base bound's K."""

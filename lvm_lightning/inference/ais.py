@@ -249,11 +249,10 @@ class AIS(Estimator):
         starts = {"encoder": "q_φ(z|x)", "prior": "p(z)", "best": f"q_φ(z|x) or p(z) by Fisher divergence (K={self.init_samples})"}
         return f"AIS from {start or starts[self.init]}, T={self.num_steps} ({self.schedule}), {self.num_chains} chains, {self.leapfrog_steps} leapfrog steps"
 
-    def check(self, model: LatentVariableModel) -> None:
+    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
         if not model.continuous:
-            raise UsageError(
-                "AIS moves a continuous z by Hamiltonian Monte Carlo; an enumerable z has the 'exact' estimator, a categorical one importance sampling"
-            )
+            return "AIS moves a continuous z by Hamiltonian Monte Carlo; an enumerable z has the 'exact' estimator, a categorical one importance sampling"
+        return None
 
     def objective(self, model: LatentVariableModel, x: Tensor) -> Objective:
         raise UsageError("AIS evaluates but does not train: train with e.g. ImportanceSampling and add AIS to --model.validation_estimators")
