@@ -82,16 +82,20 @@ class Reparameterized(GradientEstimator):
         return Objective(log_px, log_px)
 
 
-class STL(GradientEstimator):
+class PathDerivative(GradientEstimator):
+    """A gradient through the samples z_k ~ q_φ(z|x) alone (log q_φ held constant in φ): it needs a continuous z."""
+
+    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
+        if not model.continuous:
+            return f"gradient {type(self).__name__} differentiates through z ~ q_φ(z|x): it needs a continuous z; for a categorical one use VIMCO"
+        return None
+
+
+class STL(PathDerivative):
     """ "Sticking the landing" (Roeder et al., 2017): the path derivative alone, log q_φ held constant in φ, whose variance
     vanishes as q_φ reaches p_θ(z|x); biased for the K > 1 bound (Tucker et al., 2018)."""
 
     unbiased = False
-
-    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
-        if not model.continuous:
-            return "gradient STL differentiates through z ~ q_φ(z|x): it needs a continuous z; for a categorical one use VIMCO"
-        return None
 
     def objective(
         self, bound: "ImportanceSampling", model: LatentVariableModel, x: Tensor, q: Distribution, detached: Callable[[], Distribution], frozen: bool = False
@@ -101,15 +105,10 @@ class STL(GradientEstimator):
         return Objective(log_px, log_px)
 
 
-class DReG(GradientEstimator):
+class DReG(PathDerivative):
     """Doubly reparameterized (Tucker et al., 2018): Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ, unbiased, with an SNR that does not fall with K."""
 
     log_mean_exp = True
-
-    def unsupported(self, model: LatentVariableModel) -> Optional[str]:
-        if not model.continuous:
-            return "gradient DReG differentiates through z ~ q_φ(z|x): it needs a continuous z; for a categorical one use VIMCO"
-        return None
 
     def objective(
         self, bound: "ImportanceSampling", model: LatentVariableModel, x: Tensor, q: Distribution, detached: Callable[[], Distribution], frozen: bool = False
