@@ -88,10 +88,14 @@ def fa_reference(train: np.ndarray, test: np.ndarray, factors: int) -> float:
 
 
 def em_reference(train: np.ndarray, test: np.ndarray, components: int) -> float:
-    """Held-out mean log-density of scikit-learn's EM fit (diagonal covariances, best of 5 starts) to ``train``."""
+    """Held-out mean log-density of scikit-learn's EM fit (diagonal covariances, best of 5 starts) to ``train``, fitted in
+    standard units (its variance floor, reg_covar, is absolute: in raw units it swamps a column of scale 0.01) and
+    scored in the data's units, the map's log-Jacobian included."""
     from sklearn.mixture import GaussianMixture
 
-    return float(GaussianMixture(components, covariance_type="diag", n_init=5, random_state=0).fit(train).score(test))
+    mean, std = train.mean(0), train.std(0)
+    fit = GaussianMixture(components, covariance_type="diag", n_init=5, random_state=0).fit((train - mean) / std)
+    return float(fit.score((test - mean) / std) - np.log(std).sum())
 
 
 def student_t_truth(covariance: np.ndarray, df: float, scale: np.ndarray, shift: np.ndarray):
