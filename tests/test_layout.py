@@ -116,6 +116,7 @@ def test_hparams_name_estimator_model_and_k_with_no_placeholder_metric(tmp_path)
                   "--trainer.limit_val_batches", "0")  # fmt: skip
     settings, results = hparams_of(run_dir)
     assert settings["estimator"] == "ImportanceSampling" and settings["model"] == "MixtureModel" and settings["K"] == 5
+    assert settings["optimizer"] == "Adam" and settings["lr"] == pytest.approx(0.01) and settings["lr_scheduler"] == "none"
     assert not [name for name in settings if name.startswith("_")]  # no _instantiator
     assert results[0] == "val/log_px" and "hp_metric" not in results
     _, tags = read_run(run_dir)

@@ -38,7 +38,11 @@ class Verdict:
         """One line saying that the model had not converged, why, and what to do; None when it had."""
         if self.converged:
             return None
-        advice = "train longer (--trainer.max_epochs)" if self.improvement is None else "train longer (--trainer.max_epochs) or raise the lr (--model.lr)"
+        advice = (
+            "train longer (--trainer.max_epochs)"
+            if self.improvement is None
+            else "train longer (--trainer.max_epochs) or raise the lr (--model.optimizer.init_args.lr)"
+        )
         return f"training had not converged: {self.reason()}: {advice}"
 
 

@@ -73,9 +73,12 @@ def hparams_entry(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[st
     if lvm is not None:
         entry["model"] = type(lvm).__name__
     settings = pl_module.hparams
-    for name, column in (("eval_num_samples", "validation K"), ("lr", "lr"), ("lr_schedule", "lr_schedule"), ("adam_eps", "adam_eps")):
-        if name in settings:
-            entry[column] = settings[name]
+    if "eval_num_samples" in settings:
+        entry["validation K"] = settings["eval_num_samples"]
+    if trainer.optimizers:  # configured by now: the optimizer's class and starting rate, the schedule's class
+        entry["optimizer"] = type(trainer.optimizers[0]).__name__
+        entry["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        entry["lr_scheduler"] = type(trainer.lr_scheduler_configs[0].scheduler).__name__ if trainer.lr_scheduler_configs else "none"
     evaluators = getattr(pl_module, "evaluators", None)
     if evaluators:
         entry["validation estimators"] = ", ".join(e.name for e in evaluators)
