@@ -16,9 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lvm_lightning.callbacks import gradient_snr  # noqa: E402
+from lvm_lightning.models.examples import rainforth_model  # noqa: E402
 from lvm_lightning.objectives import STL, DReG, ImportanceSampling, Reparameterized  # noqa: E402
 from lvm_lightning.runs import load_run, run_data  # noqa: E402
-from tests.test_gradient_snr import rainforth_model  # noqa: E402
 
 KS = (1, 10, 100)
 GRADIENTS = {"reparam": Reparameterized(), "stl": STL(), "dreg": DReG()}  # by the name each row is reported under

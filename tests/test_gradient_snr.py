@@ -11,28 +11,12 @@ from pytorch_lightning.loggers import CSVLogger
 from lvm_lightning.callbacks import GradientSNR, gradient_snr
 from lvm_lightning.data import GaussianMixtureData
 from lvm_lightning.errors import UsageError
-from lvm_lightning.models import VAE, LinearGaussian
+from lvm_lightning.models import VAE
+from lvm_lightning.models.examples import rainforth_model
 from lvm_lightning.module import LVMModule
 from lvm_lightning.objectives import DReG, ImportanceSampling, Reparameterized
 
 from conftest import quiet_trainer
-
-
-def rainforth_model(seed: int, dim: int = 2, num_points: int = 8) -> tuple[LinearGaussian, torch.Tensor]:
-    """Rainforth et al.'s (2018) example: z ~ N(0, I), x|z ~ N(z, I), so p(z|x) = N(x/2, I/2); q_φ = N(Ax + c, 2/3 I) with A and c
-    perturbed from the optimum, as in their section 4."""
-    torch.manual_seed(seed)
-    model = LinearGaussian(dim, dim, noise_std=1.0)
-    with torch.no_grad():
-        model.decoder.net[0].weight.copy_(torch.eye(dim))
-        model.decoder.net[0].bias.zero_()
-        layer = model.encoder.net[0]
-        layer.weight.zero_()
-        layer.weight[:dim].copy_(0.5 * torch.eye(dim) + 0.1 * torch.randn(dim, dim))
-        layer.bias.zero_()
-        layer.bias[:dim].copy_(0.1 * torch.randn(dim))
-        layer.bias[dim:].fill_(0.5 * math.log(2 / 3))
-    return model, model.sample(num_points)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
