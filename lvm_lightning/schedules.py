@@ -84,7 +84,13 @@ class Cosine(Schedule, LambdaLR):
 
     def lightning_config(self, trainer: pl.Trainer) -> dict[str, Any]:
         if self.total_steps is None:
-            self.total_steps = int(trainer.estimated_stepping_batches)
+            total = trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise UsageError(
+                    "the Cosine schedule ends at the run's last step, but this run has none: "
+                    "set --trainer.max_epochs or --trainer.max_steps, or --model.lr_scheduler.init_args.total_steps"
+                )
+            self.total_steps = int(total)
         return super().lightning_config(trainer)
 
 

@@ -351,3 +351,10 @@ def test_image_configs_train_through_the_cli_on_a_flat_folder(config: str, flat:
     estimator = yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())["model"]["estimator"]
     assert module.lvm.decoder.family.num_params == 784 and type(module.estimator).__name__ == estimator["class_path"].rsplit(".", 1)[1]
     assert getattr(module.estimator, "num_samples", None) == estimator["init_args"].get("num_samples")
+
+
+def test_a_cosine_schedule_on_a_run_without_an_end_is_one_line() -> None:
+    trainer = pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    module = LVMModule(MixtureModel(), Exact(), lr_scheduler=Cosine)
+    with pytest.raises(UsageError, match="max_steps"):
+        trainer.fit(module, datamodule=GaussianMixtureData(num_train=200, num_val=50, num_test=50, batch_size=50))
