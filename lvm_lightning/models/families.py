@@ -16,9 +16,10 @@ from typing import Callable, Literal, Protocol, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Categorical, ContinuousBernoulli, Distribution, Independent, Normal, constraints
+from torch.distributions import Categorical, ContinuousBernoulli, Distribution, Independent, Normal, constraints
 
 from lvm_lightning.errors import UsageError
+from lvm_lightning.models.bernoulli import IndependentBernoulli
 from lvm_lightning.models.flows import CouplingFlow, FullCovarianceGaussian, LocalFlow
 
 GaussianStd = Union[float, Literal["learned", "shared"]]
@@ -194,7 +195,7 @@ class BernoulliFamily(nn.Module):
         return _logit_of_mean(x)
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=params, validate_args=False), 1, validate_args=False)
+        return IndependentBernoulli(params)
 
 
 class ContinuousBernoulliFamily(nn.Module):
