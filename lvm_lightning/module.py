@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from lvm_lightning.callbacks.batch_hooks import skip_unused_batch_hooks
 from lvm_lightning.callbacks.nonfinite import NonFiniteStop
 from lvm_lightning.callbacks.random_state import RandomState
 from lvm_lightning.checkpoints import check_training_state, load_module, read_file
@@ -158,6 +159,7 @@ class LVMModule(pl.LightningModule):
         # Importance weights far below the largest, exp(log w_k − max), and the gradients they carry become denormal floats
         # within a hundred IWAE steps, on which CPU arithmetic takes a slow path; flushed to 0 they change nothing visible.
         torch.set_flush_denormal(True)
+        skip_unused_batch_hooks(self.trainer)
         # Checked where model and data meet (distributions do not check their arguments), unless the CLI checked them already.
         if isinstance(self.trainer.datamodule, SplitData):
             self.check_data(self.trainer.datamodule)
