@@ -1,13 +1,13 @@
 """Training and evaluation speed in one sitting: train.py as shipped against the careful plain loops of ../shared/bench, with
 achieved GFLOP/s beside the machine's measured matrix-product peak in float32 and bfloat16.
 
-    flock /tmp/lvm_cpu.lock .venv/bin/python benchmarks/speed.py [--root FASHION_MNIST] [--bench ../shared/bench] [--ks 1 5 50]
+    flock /tmp/lvm_cpu.lock .venv/bin/python benchmarks/speed.py [--root FASHION_MNIST] [--bench ../shared/bench] [--ks 1 5 50] [--repo OLDER_CHECKOUT]
 
 For each K: the seconds per step of ``train.py fit --config fashion_mnist_vae`` (K = 1) or ``fashion_mnist_iwae`` (K > 1) with
-``--model.estimator.init_args.num_samples K``, validation and the gap off, from the steps' own timestamps in a callback-free
+``--model.estimator.init_args.num_samples K``, validation and the gap off (progress bar, logger and checkpoints as shipped), from the steps' own timestamps in a callback-free
 measurement (the run's wall time between its first and last logged step, read from its TensorBoard event file); the same with
 ``--model.networks_bf16 true``; and the shared plain loop (plain_vae_epoch.py for K = 1, plain_iwae_steps.py otherwise), each in a
-fresh process. FLOPs per step are counted (torch's FlopCounterMode: the matrix products of one forward and backward pass).
+fresh process, the fastest of ``--repeats`` runs each. FLOPs per step are counted (torch's FlopCounterMode: the matrix products of one forward and backward pass).
 Evaluation: IWAE-K_eval log p̂(x) on test points in float32 and with bf16 networks.
 """
 
@@ -23,14 +23,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lvm_lightning.cli import build_module  # noqa: E402
-from lvm_lightning.data import FashionMNISTData  # noqa: E402
-from lvm_lightning.objectives import ImportanceSampling  # noqa: E402
-from lvm_lightning.timing import counted_flops, matmul_gflops, timed  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 100
+HERE = Path(__file__).resolve().parents[1]
 
 
 def config_of(k: int) -> str:
@@ -38,12 +32,13 @@ def config_of(k: int) -> str:
     return "fashion_mnist_vae" if k == 1 else "fashion_mnist_iwae"
 
 
-def ours_seconds_per_step(k: int, steps: int, root: str, bf16: bool) -> float:
-    """Seconds per step of train.py as shipped, between the first and the last logged step (start-up and the first steps excluded)."""
+def ours_seconds_per_step(repo: Path, k: int, steps: int, root: str, bf16: bool) -> float:
+    """Seconds per step of ``repo``'s train.py as shipped (its progress bar too), between the first and the last logged step
+    (start-up and the first steps excluded)."""
     with tempfile.TemporaryDirectory() as work:
-        args = [sys.executable, str(ROOT / "train.py"), "fit", "--config", config_of(k), "--data.root", root, "--data.batch_size", str(BATCH),
+        args = [sys.executable, str(repo / "train.py"), "fit", "--config", config_of(k), "--data.root", root, "--data.batch_size", str(BATCH),
                 "--model.estimator.init_args.num_samples", str(k), "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
-                "--amortization_gap.every_n_epochs", "0", "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", work,
+                "--amortization_gap.every_n_epochs", "0", "--trainer.logger.init_args.save_dir", work,
                 "--model.networks_bf16", str(bf16).lower()]  # fmt: skip
         subprocess.run(args, cwd=work, check=True, capture_output=True)
         events = EventAccumulator(str(next(Path(work).rglob("events.out.tfevents.*")).parent))
@@ -61,9 +56,12 @@ def plain_seconds_per_step(k: int, steps: int, root: str, bench: Path) -> float:
     return float(out.stdout.split()[-1]) / steps
 
 
-def step_flops(k: int, x: torch.Tensor) -> int:
+def step_flops(repo: Path, k: int, x: torch.Tensor) -> int:
     """FLOPs of one training step's forward and backward pass at K (the config's model and estimator)."""
-    section = yaml.safe_load((ROOT / "configs" / f"{config_of(k)}.yaml").read_text())["model"]
+    from lvm_lightning.cli import build_module
+    from lvm_lightning.timing import counted_flops
+
+    section = yaml.safe_load((repo / "configs" / f"{config_of(k)}.yaml").read_text())["model"]
     module = build_module(section, 784)
     module.estimator.num_samples = k
     return counted_flops(lambda: module.losses(x)[0].backward())
@@ -71,6 +69,9 @@ def step_flops(k: int, x: torch.Tensor) -> int:
 
 def evaluation(model: torch.nn.Module, x: torch.Tensor, k: int, bf16: bool) -> tuple[float, int, torch.Tensor]:
     """Seconds and FLOPs of IWAE-K log p̂(x) on ``x``, the same draws whatever the precision of the networks."""
+    from lvm_lightning.objectives import ImportanceSampling
+    from lvm_lightning.timing import counted_flops, timed
+
     model.networks_in_bf16(bf16)
     estimator = ImportanceSampling(k, chunk_size=500)
     with torch.no_grad():
@@ -85,12 +86,20 @@ def evaluation(model: torch.nn.Module, x: torch.Tensor, k: int, bf16: bool) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist", help="folder of the Fashion-MNIST .gz files")
-    parser.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench"), help="folder of the shared plain loops")
+    parser.add_argument("--repo", type=Path, default=HERE, help="the checkout whose train.py, configs and code run (e.g. an older commit's worktree)")
+    parser.add_argument("--bench", type=Path, help="folder of the shared plain loops (default: shared/bench beside this checkout)")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 50], help="numbers of importance samples in training")
     parser.add_argument("--steps", type=int, default=500, help="training steps per run")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each training measurement; the fastest counts")
     parser.add_argument("--eval_points", type=int, default=100, help="test points of the evaluation timing")
     parser.add_argument("--eval_k", type=int, default=5000, help="K of the evaluation timing")
     args = parser.parse_args()
+    bench = args.bench or HERE.parent / "shared" / "bench"
+    sys.path.insert(0, str(args.repo))  # the code under measurement: this checkout's or --repo's
+    from lvm_lightning.cli import build_module
+    from lvm_lightning.data import FashionMNISTData
+    from lvm_lightning.timing import matmul_gflops
+
     device = torch.device("cpu")
     peak = {dtype: matmul_gflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
@@ -101,16 +110,17 @@ def main() -> None:
     print(f"{'K':>3} {'ours s/step':>11} {'ours bf16':>10} {'plain':>9} {'plain/ours':>10} {'plain/ours bf16':>15} {'GFLOP/step':>10} "
           f"{'ours GFLOP/s':>12} {'% fp32 peak':>11} {'bf16 GFLOP/s':>12} {'% bf16 peak':>11}")  # fmt: skip
     for k in args.ks:
-        ours = ours_seconds_per_step(k, args.steps, args.root, bf16=False)
-        ours_bf16 = ours_seconds_per_step(k, args.steps, args.root, bf16=True)
-        plain = plain_seconds_per_step(k, args.steps, args.root, Path(args.bench))
-        gflop = step_flops(k, x) / 1e9
+        runs = range(args.repeats)
+        ours = min(ours_seconds_per_step(args.repo, k, args.steps, args.root, bf16=False) for _ in runs)
+        ours_bf16 = min(ours_seconds_per_step(args.repo, k, args.steps, args.root, bf16=True) for _ in runs)
+        plain = min(plain_seconds_per_step(k, args.steps, args.root, bench) for _ in runs)
+        gflop = step_flops(args.repo, k, x) / 1e9
         print(f"{k:>3} {ours:>11.4f} {ours_bf16:>10.4f} {plain:>9.4f} {plain / ours:>10.2f} {plain / ours_bf16:>15.2f} {gflop:>10.3f} "
               f"{gflop / ours:>12.1f} {100 * gflop / ours / peak[torch.float32]:>11.1f} {gflop / ours_bf16:>12.1f} "
               f"{100 * gflop / ours_bf16 / peak[torch.bfloat16]:>11.1f}", flush=True)  # fmt: skip
     test = torch.bernoulli(data.splits["test"][: args.eval_points], generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)  # an untrained VAE of the IWAE paper's MLP: speed does not depend on the weights
-    model = build_module(yaml.safe_load((ROOT / "configs" / "fashion_mnist_vae.yaml").read_text())["model"], 784).lvm
+    model = build_module(yaml.safe_load((args.repo / "configs" / "fashion_mnist_vae.yaml").read_text())["model"], 784).lvm
     (seconds, flops, fp32), (seconds_bf16, _, bf16) = evaluation(model, test, args.eval_k, False), evaluation(model, test, args.eval_k, True)
     difference = (bf16.double() - fp32.double()).abs()
     print(f"evaluation IWAE-{args.eval_k} on {len(test)} points: float32 {seconds:.2f} s ({flops / seconds / 1e9:.1f} GFLOP/s, "

@@ -94,6 +94,14 @@ class LVMModule(pl.LightningModule):
         module in ``trusted``, and of the kind its slot expects; else UsageError. ``kwargs`` replace stored arguments (parts included, as objects)."""
         return load_module(cls, read_file(checkpoint_path), str(checkpoint_path), map_location, strict, trusted, **kwargs)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets this plain string around every hook it calls, dozens of times a step; nn.Module's __setattr__ would
+        # check it against the parameters, buffers and submodules each time.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def losses(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The training loss −mean_x surrogate(x), and mean_x log p̂(x), of the estimator's objective on the batch ``x``."""
         objective = self.estimator.objective(self.lvm, x)
