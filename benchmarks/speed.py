@@ -36,7 +36,7 @@ def ours_seconds_per_step(repo: Path, k: int, steps: int, root: str, bf16: bool)
     """Seconds per step of ``repo``'s train.py as shipped (its progress bar too), between the first and the last logged step
     (start-up and the first steps excluded)."""
     with tempfile.TemporaryDirectory() as work:
-        args = [sys.executable, str(repo / "train.py"), "fit", "--config", config_of(k), "--data.root", root, "--data.batch_size", str(BATCH),
+        args = [sys.executable, str(repo / "train.py"), "fit", "--config", str(repo / "configs" / f"{config_of(k)}.yaml"), "--data.root", root, "--data.batch_size", str(BATCH),
                 "--model.estimator.init_args.num_samples", str(k), "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
                 "--amortization_gap.every_n_epochs", "0", "--trainer.logger.init_args.save_dir", work,
                 "--model.networks_bf16", str(bf16).lower()]  # fmt: skip

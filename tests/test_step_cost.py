@@ -36,6 +36,7 @@ def test_unused_batch_hooks_are_skipped_and_used_ones_still_called(tmp_path):
     assert all(getattr(silent, hook) is None for hook in BATCH_HOOKS)
     assert callable(counting.on_train_batch_end) and counting.on_train_batch_start is None
     assert module.on_train_batch_start is None and module.on_before_backward is None
+    assert callable(module.on_validation_batch_start)  # Lightning reads its signature
     assert callable(module.training_step) and callable(module.on_validation_epoch_end)  # overridden: kept
 
 
