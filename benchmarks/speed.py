@@ -32,14 +32,14 @@ def config_of(k: int) -> str:
     return "fashion_mnist_vae" if k == 1 else "fashion_mnist_iwae"
 
 
-def ours_seconds_per_step(repo: Path, k: int, steps: int, root: str, bf16: bool) -> float:
+def ours_seconds_per_step(repo: Path, k: int, steps: int, root: str, bf16: bool, device: torch.device) -> float:
     """Seconds per step of ``repo``'s train.py as shipped (its progress bar too), between the first and the last logged step
     (start-up and the first steps excluded)."""
     with tempfile.TemporaryDirectory() as work:
         args = [sys.executable, str(repo / "train.py"), "fit", "--config", str(repo / "configs" / f"{config_of(k)}.yaml"), "--data.root", root, "--data.batch_size", str(BATCH),
                 "--model.estimator.init_args.num_samples", str(k), "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
                 "--amortization_gap.every_n_epochs", "0", "--trainer.logger.init_args.save_dir", work,
-                "--model.networks_bf16", str(bf16).lower()]  # fmt: skip
+                "--model.networks_bf16", str(bf16).lower(), "--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu"]  # fmt: skip
         subprocess.run(args, cwd=work, check=True, capture_output=True)
         events = EventAccumulator(str(next(Path(work).rglob("events.out.tfevents.*")).parent))
         events.Reload()
@@ -67,7 +67,7 @@ def step_flops(repo: Path, k: int, x: torch.Tensor) -> int:
     return counted_flops(lambda: module.losses(x)[0].backward())
 
 
-def evaluation(model: torch.nn.Module, x: torch.Tensor, k: int, bf16: bool) -> tuple[float, int, torch.Tensor]:
+def evaluation(model: torch.nn.Module, x: torch.Tensor, k: int, bf16: bool, device: torch.device) -> tuple[float, int, torch.Tensor]:
     """Seconds and FLOPs of IWAE-K log p̂(x) on ``x``, the same draws whatever the precision of the networks."""
     from lvm_lightning.objectives import ImportanceSampling
     from lvm_lightning.timing import counted_flops, timed
@@ -78,7 +78,7 @@ def evaluation(model: torch.nn.Module, x: torch.Tensor, k: int, bf16: bool) -> t
         torch.manual_seed(0)
         estimator.estimate(model, x[:2])  # warm-up
         torch.manual_seed(0)
-        result, seconds = timed(lambda: estimator.estimate(model, x).log_px, torch.device("cpu"))
+        result, seconds = timed(lambda: estimator.estimate(model, x).log_px, device)
         flops = counted_flops(lambda: estimator.estimate(model, x[:10])) * len(x) // 10
     return seconds, flops, result
 
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--bench", type=Path, help="folder of the shared plain loops (default: shared/bench beside this checkout)")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 50], help="numbers of importance samples in training")
     parser.add_argument("--steps", type=int, default=500, help="training steps per run")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where train.py and the evaluation run")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each training measurement; the fastest counts")
     parser.add_argument("--eval_points", type=int, default=100, help="test points of the evaluation timing")
     parser.add_argument("--eval_k", type=int, default=5000, help="K of the evaluation timing")
@@ -100,7 +101,7 @@ def main() -> None:
     from lvm_lightning.data import FashionMNISTData
     from lvm_lightning.timing import matmul_gflops
 
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     peak = {dtype: matmul_gflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
     print(f"matrix-product peak: float32 {peak[torch.float32]:.0f} GFLOP/s, bfloat16 {peak[torch.bfloat16]:.0f} GFLOP/s", flush=True)
@@ -111,17 +112,18 @@ def main() -> None:
           f"{'ours GFLOP/s':>12} {'% fp32 peak':>11} {'bf16 GFLOP/s':>12} {'% bf16 peak':>11}")  # fmt: skip
     for k in args.ks:
         runs = range(args.repeats)
-        ours = min(ours_seconds_per_step(args.repo, k, args.steps, args.root, bf16=False) for _ in runs)
-        ours_bf16 = min(ours_seconds_per_step(args.repo, k, args.steps, args.root, bf16=True) for _ in runs)
-        plain = min(plain_seconds_per_step(k, args.steps, args.root, bench) for _ in runs)
+        ours = min(ours_seconds_per_step(args.repo, k, args.steps, args.root, False, device) for _ in runs)
+        ours_bf16 = min(ours_seconds_per_step(args.repo, k, args.steps, args.root, True, device) for _ in runs)
+        # The shared plain loops run on the CPU only: on a GPU the columns against them are NaN.
+        plain = min(plain_seconds_per_step(k, args.steps, args.root, bench) for _ in runs) if device.type == "cpu" else math.nan
         gflop = step_flops(args.repo, k, x) / 1e9
         print(f"{k:>3} {ours:>11.4f} {ours_bf16:>10.4f} {plain:>9.4f} {plain / ours:>10.2f} {plain / ours_bf16:>15.2f} {gflop:>10.3f} "
               f"{gflop / ours:>12.1f} {100 * gflop / ours / peak[torch.float32]:>11.1f} {gflop / ours_bf16:>12.1f} "
               f"{100 * gflop / ours_bf16 / peak[torch.bfloat16]:>11.1f}", flush=True)  # fmt: skip
-    test = torch.bernoulli(data.splits["test"][: args.eval_points], generator=torch.Generator().manual_seed(1))
+    test = torch.bernoulli(data.splits["test"][: args.eval_points], generator=torch.Generator().manual_seed(1)).to(device)
     torch.manual_seed(0)  # an untrained VAE of the IWAE paper's MLP: speed does not depend on the weights
-    model = build_module(yaml.safe_load((args.repo / "configs" / "fashion_mnist_vae.yaml").read_text())["model"], 784).lvm
-    (seconds, flops, fp32), (seconds_bf16, _, bf16) = evaluation(model, test, args.eval_k, False), evaluation(model, test, args.eval_k, True)
+    model = build_module(yaml.safe_load((args.repo / "configs" / "fashion_mnist_vae.yaml").read_text())["model"], 784).lvm.to(device)
+    (seconds, flops, fp32), (seconds_bf16, _, bf16) = (evaluation(model, test, args.eval_k, bf16, device) for bf16 in (False, True))
     difference = (bf16.double() - fp32.double()).abs()
     print(f"evaluation IWAE-{args.eval_k} on {len(test)} points: float32 {seconds:.2f} s ({flops / seconds / 1e9:.1f} GFLOP/s, "
           f"{100 * flops / seconds / 1e9 / peak[torch.float32]:.1f} % of peak), bf16 networks {seconds_bf16:.2f} s "
