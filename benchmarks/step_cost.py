@@ -64,20 +64,8 @@ def run_case(repo: Path, case: str, root: str, steps: int, device: str) -> float
     """One fresh process of ``case`` under ``repo``'s code: its mean step in seconds."""
     with tempfile.TemporaryDirectory() as work:
         stamps = Path(work) / "stamps.json"
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            case,
-            "--repo",
-            str(repo),
-            "--root",
-            root,
-            "--steps",
-            str(steps),
-            "--device",
-            device,
-        ]
+        paths = ["--repo", str(repo.resolve()), "--root", str(Path(root).resolve())]  # the case runs in the scratch folder
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", case, *paths, "--steps", str(steps), "--device", device]
         # In the scratch folder: without a logger, Lightning writes the run's config.yaml into the working folder.
         subprocess.run([*command, "--stamps", str(stamps), "--work", work], cwd=work, check=True, capture_output=True, text=True)
         return mean_step(json.loads(stamps.read_text()))
