@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist", help="folder of the Fashion-MNIST .gz files")
     parser.add_argument("--repo", type=Path, default=HERE, help="the checkout whose train.py, configs and code run (e.g. an older commit's worktree)")
     parser.add_argument("--bench", type=Path, help="folder of the shared plain loops (default: shared/bench beside this checkout)")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 50], help="numbers of importance samples in training")
+    parser.add_argument("--ks", type=int, nargs="*", default=[1, 5, 50], help="numbers of importance samples in training (none: evaluation only)")
     parser.add_argument("--steps", type=int, default=500, help="training steps per run")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where train.py and the evaluation run")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each training measurement; the fastest counts")
