@@ -22,8 +22,9 @@ def config_file(name: str) -> Path:
 
 
 def is_name(value: str) -> bool:
-    """Whether a --config value names a shipped config rather than a file: a bare word that is not a file here."""
-    return "/" not in value and "\\" not in value and not value.endswith(SUFFIXES) and not Path(value).exists()
+    """Whether a --config value names a shipped config rather than a file: a bare word that is not a file here (a folder of
+    that name, such as a run folder written here, does not hide the shipped config)."""
+    return "/" not in value and "\\" not in value and not value.endswith(SUFFIXES) and not Path(value).is_file()
 
 
 def with_shipped_configs(argv: list[str]) -> list[str]:

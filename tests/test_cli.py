@@ -436,3 +436,13 @@ def test_a_class_given_in_a_config_takes_its_own_defaults_not_the_default_classs
     assert config["model"]["lvm"]["init_args"]["encoder_hidden"] == list(own[LinearGaussian]["encoder_hidden"].default)
     assert config["data"]["init_args"]["eval_batch_size"] == own[NumpyData]["eval_batch_size"].default
     assert config["model"]["estimator"]["class_path"] == "lvm_lightning.objectives.Exact"  # a default where none is named
+
+
+def test_a_shipped_config_name_is_not_hidden_by_a_folder_of_that_name(tmp_path, monkeypatch):
+    from lvm_lightning import shipped
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mixture_vae").mkdir()  # e.g. the run folder of a run logged into this folder
+    assert shipped.with_shipped_configs(["fit", "--config", "mixture_vae"]) == ["fit", "--config", str(shipped.FOLDER / "mixture_vae.yaml")]
+    (tmp_path / "mixture_exact").write_text("model: {}\n")  # a file of that name is the user's own config
+    assert shipped.with_shipped_configs(["--config=mixture_exact"]) == ["--config=mixture_exact"]
