@@ -37,6 +37,22 @@ def test_float32_error_is_that_of_torchs_own_bernoulli() -> None:
     assert (ours - exact).mean().abs() < 1e-5
 
 
+def test_a_confident_model_keeps_its_small_log_likelihood_in_float32() -> None:
+    """A trained decoder's logits are large where it is sure (|l| of 10 to 30, term near 0): each pixel's term must be formed
+    before the sum, else the row's Σ x·l and Σ softplus(l), thousands each, cancel with an error far above the answer.
+    One huge logit (1e30, as sure as fp32 gets) beside ordinary ones must not swallow them."""
+    generator = torch.Generator().manual_seed(4)
+    value = torch.bernoulli(torch.full((64, 784), 0.4, dtype=torch.float64), generator=generator)
+    logits = (2 * value - 1) * (10 + 20 * torch.rand(64, 784, generator=generator, dtype=torch.float64))
+    logits[:, :5] = torch.randn(64, 5, generator=generator, dtype=torch.float64)  # a few uncertain pixels
+    logits[0, 5] = 1e30 * (2 * value[0, 5] - 1)
+    exact = torch_log_prob(logits, value)
+    ours = IndependentBernoulli(logits.float()).log_prob(value.float()).double()
+    theirs = torch_log_prob(logits.float(), value.float()).double()
+    assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-6
+    assert (ours - exact).abs().max() < 1e-4
+
+
 def test_first_and_second_derivatives_match_torchs() -> None:
     generator = torch.Generator().manual_seed(2)
     logits = (torch.randn(3, 4, 6, generator=generator, dtype=torch.float64) * 3).requires_grad_()

@@ -2,9 +2,10 @@
 
 Evaluation at large K spends most of its time here, not in the networks: torch's Bernoulli goes through
 ``binary_cross_entropy_with_logits``, whose log-sigmoid calls a scalar ``log1p`` per element and keeps several
-temporaries for its backward. Here the linear part is one contraction, softplus(l) = max(l, 0) + log(1 + e^{−|l|})
-uses the vectorized ``exp`` and ``log`` (1 + u for u = e^{−|l|} ∈ (0, 1] loses at most half an ulp of 1, the
-rounding every fp32 term carries anyway), and the backward, x − σ(l), is one fused line from the saved logits.
+temporaries for its backward. Here softplus(l) = max(l, 0) + log(1 + e^{−|l|}) uses the vectorized ``exp`` and ``log``
+(1 + u for u = e^{−|l|} ∈ (0, 1] loses at most half an ulp of 1, the rounding every fp32 term carries anyway), each
+pixel's term is formed before the sum, in chunks that stay in the CPU's cache, and the backward, x − σ(l), is one fused
+line from the saved logits.
 """
 
 from typing import Any, Optional
@@ -13,20 +14,24 @@ import torch
 from torch import Size, Tensor
 from torch.distributions import Bernoulli, Independent
 
-CHUNK_ELEMENTS = 1 << 18  # a CPU core's share of cache: the five passes over a chunk stay there, not in memory
+CHUNK_ELEMENTS = 1 << 18  # a CPU core's share of cache: the passes over a chunk stay there, not in memory
 
 
-def _softplus_sum(logits: Tensor) -> Tensor:
-    tail = logits.abs().neg_().exp_().add_(1).log_()
-    return logits.clamp(min=0).sum(-1) + tail.sum(-1)
+def _log_likelihood(logits: Tensor, value: Tensor) -> Tensor:
+    # Each pixel's term before any sum: x·l − max(l, 0) is exact for x in {0, 1}, so a confident pixel (|l| large, term
+    # near 0) adds its own small value, not the difference of two large sums over the row.
+    terms = (logits * value).sub_(logits.clamp(min=0))
+    return terms.sub_(logits.abs().neg_().exp_().add_(1).log_()).sum(-1)
 
 
-def softplus_sum(logits: Tensor) -> Tensor:
-    """Σ_d softplus(l_d) = Σ_d max(l_d, 0) + log(1 + e^{−|l_d|}) over the last dimension, on a CPU chunk by chunk of rows."""
-    if logits.device.type != "cpu" or logits.numel() <= CHUNK_ELEMENTS:  # a GPU streams it in one pass per operation
-        return _softplus_sum(logits)
-    rows = logits.reshape(-1, logits.shape[-1]).split(max(1, CHUNK_ELEMENTS // logits.shape[-1]))
-    return torch.cat([_softplus_sum(chunk) for chunk in rows]).view(logits.shape[:-1])
+def log_likelihood(logits: Tensor, value: Tensor) -> Tensor:
+    """Σ_d x_d l_d − softplus(l_d) over the last dimension, softplus(l) = max(l, 0) + log(1 + e^{−|l|}); on a CPU in chunks
+    of the leading dimension of the broadcast shape."""
+    logits, value = torch.broadcast_tensors(logits, value)  # views: an expanded value is not copied
+    if logits.device.type != "cpu" or logits.numel() <= CHUNK_ELEMENTS or logits.dim() < 2:  # a GPU streams it in one pass
+        return _log_likelihood(logits, value)
+    rows = max(1, CHUNK_ELEMENTS // logits[0].numel())
+    return torch.cat([_log_likelihood(a, b) for a, b in zip(logits.split(rows), value.split(rows))])
 
 
 class BernoulliLogLikelihood(torch.autograd.Function):
@@ -37,7 +42,7 @@ class BernoulliLogLikelihood(torch.autograd.Function):
     @staticmethod
     def forward(logits: Tensor, value: Tensor) -> Tensor:
         with torch.autocast(logits.device.type, enabled=False):  # the sums stay in the logits' own precision
-            return torch.einsum("...d,...d->...", logits, value) - softplus_sum(logits)
+            return log_likelihood(logits, value)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
