@@ -39,13 +39,12 @@ class Adam(torch.optim.Adam):
         tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
         # The fused kernel does the same update in one pass over all parameters; torch's CPU default loops over them in Python.
         fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
-        self._on_cpu = all(p.device.type == "cpu" for p in tensors)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)
 
     def _accelerator_graph_capture_health_check(self) -> None:
         # torch checks for CUDA graph capture at every step, and where CUDA is not initialized (a CPU run with a CUDA build of
         # torch) that check loads the NVIDIA driver's library again each time; parameters on the CPU are never captured.
-        if not self._on_cpu:
+        if any(p.device.type != "cpu" for group in self.param_groups for p in group["params"]):
             super()._accelerator_graph_capture_health_check()
 
 

@@ -44,20 +44,18 @@ def test_adam_on_the_cpu_never_asks_for_cuda_and_updates_as_torchs(monkeypatch):
     torch.manual_seed(0)
     weights = [torch.randn(5, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
     copies = [w.detach().clone().requires_grad_() for w in weights]
-    ours, theirs = Adam(weights, lr=0.1), torch.optim.Adam(copies, lr=0.1)
+
+    def three_steps(optimizer: torch.optim.Optimizer, params: list) -> None:
+        for _ in range(3):
+            optimizer.zero_grad()
+            (params[0].sin().sum() * params[1].cos().sum()).backward()
+            optimizer.step()
 
     def no_cuda(*args: Any) -> int:
         raise AssertionError("a CPU step asked for CUDA devices")
 
-    for step in range(3):
-        for params, optimizer in ((weights, ours), (copies, theirs)):
-            optimizer.zero_grad()
-            (params[0].sin().sum() * params[1].cos().sum()).backward()
-            if optimizer is ours:
-                with monkeypatch.context() as patched:
-                    patched.setattr(torch.cuda, "device_count", no_cuda)
-                    patched.setattr(torch.cuda, "is_available", no_cuda)
-                    optimizer.step()
-            else:
-                optimizer.step()
+    three_steps(torch.optim.Adam(copies, lr=0.1), copies)
+    monkeypatch.setattr(torch.cuda, "device_count", no_cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", no_cuda)
+    three_steps(Adam(weights, lr=0.1), weights)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights, copies))
