@@ -9,7 +9,10 @@ Fashion-MNIST VAE config with 1 latent unit and hidden layers of 2 (batch 10), s
 the step is Python: torch's dispatch, our estimator and Lightning. Cases: ``bare``, the module's losses, zero_grad, backward
 and its own optimizer (``LVMModule.configure_optimizers``) in a plain loop over the same batches; ``train.py`` as shipped
 (validation and the gap off); the same without its logger, without its progress bar, and with neither. ``train.py − bare``
-is what Lightning costs a step.
+is what Lightning costs a step. Its floor, what no module can go below: ``Lightning floor``, a module with one scalar
+parameter and nothing to compute, trained by a Trainer with every optional part off (logger, progress bar, checkpoints,
+summary), and ``Lightning manual``, the same by Lightning's manual optimization, against ``bare floor``, the same step
+in a plain loop.
 """
 
 import argparse
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 HERE = Path(__file__).resolve().parents[1]
 TINY = ["--model.lvm.init_args.latent_dim", "1", "--model.lvm.init_args.encoder_hidden", "[2]", "--model.lvm.init_args.decoder_hidden", "[2]"]
@@ -32,7 +36,47 @@ CASES = {
     "no progress bar": ["--trainer.enable_progress_bar", "false"],
     "neither": ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"],
 }
+FLOOR = ["bare floor", "Lightning floor", "Lightning manual"]
 SKIP = 100  # steps left out: the first allocations, the first logged step
+
+
+class Scalar(pl.LightningModule):
+    """One parameter p and the loss p²: a training step with nothing to compute, so that what it costs is the loop's;
+    ``manual``: Lightning's manual optimization (the step calls backward and the optimizer itself)."""
+
+    def __init__(self, manual: bool = False) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.ones(()))
+        self.automatic_optimization = not manual
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = self.p.square()
+        if not self.automatic_optimization:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def floor(case: str, steps: int, recorder: "StepStamps") -> None:
+    """``steps`` of Scalar on one-element batches, by a bare Trainer (``case``: automatic or manual optimization) or by a plain loop."""
+    module, batches = Scalar(manual=case == "Lightning manual"), [torch.zeros(1)] * steps
+    if case != "bare floor":
+        off = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+        pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[recorder], **off).fit(module, train_dataloaders=batches)
+        return
+    optimizer = module.configure_optimizers()
+    for index, batch in enumerate(batches):
+        recorder.on_train_batch_start()
+        loss = module.training_step(batch, index)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    recorder.on_train_end()
 
 
 class StepStamps(pl.Callback):
@@ -74,13 +118,15 @@ def run_case(repo: Path, case: str, root: str, steps: int, device: str) -> float
 def worker(args: argparse.Namespace) -> None:
     """Runs one case in this process and writes its batch stamps to ``args.stamps``."""
     sys.path.insert(0, str(args.repo))
+    if args.worker in FLOOR:
+        floor(args.worker, args.steps, StepStamps(args.stamps))
+        return
     if args.worker != "bare":
         from lvm_lightning.cli import main
 
         callback = json.dumps({"class_path": "step_cost.StepStamps", "init_args": {"path": args.stamps}})
         main([*train_arguments(args.root, args.steps, args.device, args.work), *CASES[args.worker], f"--trainer.callbacks+={callback}"])
         return
-    import torch
     import yaml
 
     from lvm_lightning.cli import build_module
@@ -127,12 +173,13 @@ def main() -> None:
     print(f"repo {args.repo}, device {args.device}, {args.steps} steps, {args.repeats} repeats; load average {os.getloadavg()[0]:.2f}", flush=True)
     best: dict[str, float] = {}
     for _ in range(args.repeats):
-        for case in ["bare", *CASES]:
+        for case in ["bare", *CASES, *FLOOR]:
             best[case] = min(best.get(case, float("inf")), run_case(args.repo, case, args.root, args.steps, args.device))
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
-    print(f"{'case':<16} {'ms a step':>9} {'− bare':>8}")
+    print(f"{'case':<16} {'ms a step':>9} {'− bare (its own)':>16}")
     for case, seconds in best.items():
-        print(f"{case:<16} {1e3 * seconds:>9.3f} {1e3 * (seconds - best['bare']):>8.3f}")
+        reference = best["bare floor" if case in FLOOR else "bare"]
+        print(f"{case:<16} {1e3 * seconds:>9.3f} {1e3 * (seconds - reference):>16.3f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from lvm_lightning.errors import UsageError
 from lvm_lightning.estimates import Evaluators, SplitMeans, estimate_batch
 from lvm_lightning.models.lvm import LatentVariableModel
 from lvm_lightning.objectives import Estimator
+from lvm_lightning.precision import BF16Choice, resolve_bf16
 from lvm_lightning.rng import seeded_fork
 from lvm_lightning.schedules import Adam, lightning_config
 
@@ -34,6 +35,8 @@ class LVMModule(pl.LightningModule):
     ``validation_estimators`` (e.g. AIS: costly, so pair it with few validation batches), each the mean over the whole split (under DDP the
     ranks' sums and counts, reduced once an epoch); validation the tightest as val/log_px. Before the first step of a fresh fit the model
     takes its data-dependent start, if it has one (``lvm.initialize``).
+    ``networks_bf16`` (true, false or "auto": true where the device multiplies bf16 natively) runs the networks' matrix
+    products of training steps in bfloat16, every density, log-weight and parameter in float32; evaluation stays float32.
     A run started by LightningCLI stores each part's class path and arguments in its checkpoint, so
     ``load_from_checkpoint(path)`` rebuilds it; a module built in Python keeps its parts out of the
     checkpoint (they are objects): pass them again, ``load_from_checkpoint(path, lvm=…, estimator=…)``.
@@ -49,7 +52,7 @@ class LVMModule(pl.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         compile: bool = False,
         validation_estimators: Sequence[Estimator] = (),
-        networks_bf16: bool = False,
+        networks_bf16: BF16Choice = False,
     ) -> None:
         super().__init__()
         if eval_num_samples < 1:
@@ -73,8 +76,13 @@ class LVMModule(pl.LightningModule):
             )
         self.lvm = lvm
         self.estimator = estimator
-        if networks_bf16:  # the networks' products in bfloat16, every density and log-weight in float32 (docs/results.md: bf16)
-            lvm.networks_in_bf16()
+        if networks_bf16 not in (True, False, "auto"):
+            raise UsageError(f"networks_bf16 must be true, false or auto, got {networks_bf16!r}")
+        # Training steps only: the networks' products in bfloat16, every density and log-weight in float32; validation and
+        # test stay float32, whose per-point estimates bf16 would move by more than the tolerance (docs/results.md: bf16).
+        # "auto" is decided at the start of a fit, where the device is known; until then only True asks for bf16.
+        self._networks_bf16 = networks_bf16
+        self._train_bf16 = networks_bf16 is True
         self.make_optimizer, self.make_scheduler = optimizer, lr_scheduler
         self.evaluation = Evaluators(eval_num_samples, chunk_size, tuple(validation_estimators))
         self.evaluators = self.evaluation.for_model(lvm)
@@ -108,7 +116,14 @@ class LVMModule(pl.LightningModule):
         return -objective.surrogate.mean(), objective.log_px.mean()
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        loss, log_px = self._losses(x)
+        if self._train_bf16:
+            self.lvm.networks_in_bf16(True)
+            try:
+                loss, log_px = self._losses(x)
+            finally:
+                self.lvm.networks_in_bf16(False)
+        else:
+            loss, log_px = self._losses(x)
         # Only on the steps Lightning writes (every log_every_n_steps, and the last before a stop): values logged otherwise are dropped.
         every = self.trainer.log_every_n_steps
         if every and ((self.global_step + 1) % every == 0 or self.trainer.should_stop):
@@ -192,6 +207,7 @@ class LVMModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         # After Lightning has restored a resumed run's checkpoint (on_load_checkpoint), before the first step and the sanity check.
+        self._train_bf16 = resolve_bf16(self._networks_bf16, self.device)
         data = self.trainer.datamodule
         if not self._initialize_from_data or not isinstance(data, SplitData):
             return

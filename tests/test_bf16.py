@@ -1,9 +1,16 @@
 """bf16 networks: the nets' products in bfloat16, every density, log-weight and sum in float32, close to float32 on the same draws."""
 
+import pytest
 import torch
 
+from lvm_lightning import LVMModule, precision
+from lvm_lightning.data import GaussianMixtureData
+from lvm_lightning.errors import UsageError
 from lvm_lightning.models import VAE
 from lvm_lightning.objectives import ImportanceSampling
+from lvm_lightning.precision import native_bf16, resolve_bf16
+
+from conftest import quiet_trainer
 
 
 def test_bf16_networks_keep_densities_in_float32_and_stay_within_a_twentieth_of_a_nat_of_float32():
@@ -30,3 +37,69 @@ def test_bf16_networks_train_float32_parameters():
     loss = -ImportanceSampling(5).objective(model, torch.randn(32, 8)).surrogate.mean()
     loss.backward()
     assert all(p.dtype == torch.float32 and p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("device", "features", "capability", "native"),
+    [
+        ("cpu", {"avx512_bf16": True, "amx_bf16": False}, None, True),
+        ("cpu", {"avx512_bf16": False, "amx_bf16": True}, None, True),
+        ("cpu", {"avx512_bf16": False, "amx_bf16": False, "avx512_f": True}, None, False),
+        ("cpu", {}, None, False),
+        ("cuda", {}, (8, 0), True),
+        ("cuda", {}, (7, 5), False),
+        ("meta", {}, None, False),
+    ],
+)
+def test_auto_takes_bf16_only_where_the_device_multiplies_it_natively(monkeypatch, device, features, capability, native):
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: features)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _: capability)
+    assert native_bf16(torch.device(device)) is native
+    assert resolve_bf16("auto", torch.device(device)) is native
+    assert resolve_bf16(True, torch.device(device)) is True and resolve_bf16(False, torch.device(device)) is False
+
+
+def test_auto_is_false_where_torch_has_no_cpu_feature_table(monkeypatch):
+    monkeypatch.delattr(torch._C._cpu, "_get_cpu_capability")
+    assert native_bf16(torch.device("cpu")) is False
+
+
+@pytest.mark.parametrize("choice", [True, "auto"])
+def test_bf16_networks_run_in_training_steps_only_and_evaluation_stays_float32(monkeypatch, choice):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)  # "auto" as on a CPU or GPU with bf16 hardware
+    model = VAE(2, 2, (8,), (8,))
+    seen: dict[str, set] = {"training step": set(), "elsewhere": set()}  # the decoder net's output dtypes
+    model.decoder.net.register_forward_hook(lambda net, args, out: seen[where[-1]].add(out.dtype))
+    where = ["elsewhere"]
+    module = LVMModule(model, ImportanceSampling(3), eval_num_samples=4, networks_bf16=choice)
+    losses = module._losses
+
+    def training_losses(x):
+        where.append("training step")
+        try:
+            return losses(x)
+        finally:
+            where.pop()
+
+    module._losses = training_losses
+    data = GaussianMixtureData(num_clusters=2, num_train=64, num_val=32, num_test=32, batch_size=32)
+    quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False).fit(module, datamodule=data)
+    assert seen == {"training step": {torch.bfloat16}, "elsewhere": {torch.float32}}  # validation, the data-dependent start
+    assert not any(getattr(m, "bf16", False) for m in model.modules())  # left as float32 for whatever runs next
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_auto_without_bf16_hardware_trains_in_float32(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    model = VAE(2, 2, (8,), (8,))
+    dtypes = set()
+    model.decoder.net.register_forward_hook(lambda net, args, out: dtypes.add(out.dtype))
+    module = LVMModule(model, ImportanceSampling(3), networks_bf16="auto")
+    data = GaussianMixtureData(num_clusters=2, num_train=64, num_val=32, num_test=32, batch_size=32)
+    quiet_trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False).fit(module, datamodule=data)
+    assert dtypes == {torch.float32}
+
+
+def test_networks_bf16_takes_only_true_false_or_auto():
+    with pytest.raises(UsageError, match="true, false or auto"):
+        LVMModule(VAE(4, 2, (8,), (8,)), ImportanceSampling(3), networks_bf16="yes")
