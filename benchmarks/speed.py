@@ -5,9 +5,10 @@ achieved GFLOP/s beside the machine's measured matrix-product peak in float32 an
 
 For each K: the seconds per step of ``train.py fit --config fashion_mnist_vae`` (K = 1) or ``fashion_mnist_iwae`` (K > 1) with
 ``--model.estimator.init_args.num_samples K``, validation and the gap off (progress bar, logger and checkpoints as shipped), from the steps' own timestamps in a callback-free
-measurement (the run's wall time between its first and last logged step, read from its TensorBoard event file); the same with
-``--model.networks_bf16 true``; and the shared plain loop (plain_vae_epoch.py for K = 1, plain_iwae_steps.py otherwise), each in a
-fresh process, the fastest of ``--repeats`` runs each. FLOPs per step are counted (torch's FlopCounterMode: the matrix products of one forward and backward pass).
+measurement (the run's wall time between its first and last logged step, read from its TensorBoard event file), with
+``--model.networks_bf16 false`` and ``true`` (the configs ship ``auto``: true where the device has bf16 matrix hardware, as
+printed); and the shared plain loop (plain_vae_epoch.py for K = 1, plain_iwae_steps.py otherwise), each in a fresh process,
+alternating, the fastest of ``--repeats`` runs each. FLOPs per step are counted (torch's FlopCounterMode: the matrix products of one forward and backward pass).
 Evaluation: IWAE-K_eval log p̂(x) on test points in float32 and with bf16 networks.
 """
 
@@ -99,23 +100,29 @@ def main() -> None:
     sys.path.insert(0, str(args.repo))  # the code under measurement: this checkout's or --repo's
     from lvm_lightning.cli import build_module
     from lvm_lightning.data import FashionMNISTData
+    from lvm_lightning.precision import native_bf16
     from lvm_lightning.timing import matmul_gflops
 
     device = torch.device(args.device)
     peak = {dtype: matmul_gflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
     print(f"matrix-product peak: float32 {peak[torch.float32]:.0f} GFLOP/s, bfloat16 {peak[torch.bfloat16]:.0f} GFLOP/s", flush=True)
+    shipped = "bf16" if native_bf16(device) else "float32"
+    print(f"the Fashion-MNIST configs as shipped (networks_bf16: auto) train with {shipped} networks on this device", flush=True)
     data = FashionMNISTData(root=args.root)
     data.setup("fit")
     x = torch.bernoulli(data.splits["train"][:BATCH], generator=torch.Generator().manual_seed(0))
     print(f"{'K':>3} {'ours s/step':>11} {'ours bf16':>10} {'plain':>9} {'plain/ours':>10} {'plain/ours bf16':>15} {'GFLOP/step':>10} "
           f"{'ours GFLOP/s':>12} {'% fp32 peak':>11} {'bf16 GFLOP/s':>12} {'% bf16 peak':>11}")  # fmt: skip
     for k in args.ks:
-        runs = range(args.repeats)
-        ours = min(ours_seconds_per_step(args.repo, k, args.steps, args.root, False, device) for _ in runs)
-        ours_bf16 = min(ours_seconds_per_step(args.repo, k, args.steps, args.root, True, device) for _ in runs)
-        # The shared plain loops run on the CPU only: on a GPU the columns against them are NaN.
-        plain = min(plain_seconds_per_step(k, args.steps, args.root, bench) for _ in runs) if device.type == "cpu" else math.nan
+        # Alternating, one of each per round: this machine's speed drifts over minutes, and the fastest of each counts.
+        times: dict[str, list[float]] = {"ours": [], "ours_bf16": [], "plain": []}
+        for _ in range(args.repeats):
+            times["ours"].append(ours_seconds_per_step(args.repo, k, args.steps, args.root, False, device))
+            times["ours_bf16"].append(ours_seconds_per_step(args.repo, k, args.steps, args.root, True, device))
+            # The shared plain loops run on the CPU only: on a GPU the columns against them are NaN.
+            times["plain"].append(plain_seconds_per_step(k, args.steps, args.root, bench) if device.type == "cpu" else math.nan)
+        ours, ours_bf16, plain = (min(times[name]) for name in ("ours", "ours_bf16", "plain"))
         gflop = step_flops(args.repo, k, x) / 1e9
         print(f"{k:>3} {ours:>11.4f} {ours_bf16:>10.4f} {plain:>9.4f} {plain / ours:>10.2f} {plain / ours_bf16:>15.2f} {gflop:>10.3f} "
               f"{gflop / ours:>12.1f} {100 * gflop / ours / peak[torch.float32]:>11.1f} {gflop / ours_bf16:>12.1f} "

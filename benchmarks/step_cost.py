@@ -62,9 +62,22 @@ class Scalar(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=1e-3)
 
 
+class Batches:
+    """``steps`` one-element batches: one loader (a list would be taken by Lightning as a list of loaders)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.batch = steps, torch.zeros(1)
+
+    def __iter__(self) -> Any:
+        return iter([self.batch] * self.steps)
+
+    def __len__(self) -> int:
+        return self.steps
+
+
 def floor(case: str, steps: int, recorder: "StepStamps") -> None:
     """``steps`` of Scalar on one-element batches, by a bare Trainer (``case``: automatic or manual optimization) or by a plain loop."""
-    module, batches = Scalar(manual=case == "Lightning manual"), [torch.zeros(1)] * steps
+    module, batches = Scalar(manual=case == "Lightning manual"), Batches(steps)
     if case != "bare floor":
         off = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
         pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[recorder], **off).fit(module, train_dataloaders=batches)
