@@ -13,6 +13,7 @@ Evaluation: IWAE-K_eval log p̂(x) on test points in float32 and with bf16 netwo
 """
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -104,17 +105,23 @@ def main() -> None:
     from lvm_lightning.timing import matmul_gflops
 
     device = torch.device(args.device)
-    peak = {dtype: matmul_gflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
+    peaks: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
+
+    def measure_peak() -> None:
+        # Again before every row and at the end: the fraction of peak uses the best seen, as this machine's speed drifts.
+        for dtype, seen in peaks.items():
+            seen.append(matmul_gflops(device, dtype))
+
+    measure_peak()
     print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f}")
-    print(f"matrix-product peak: float32 {peak[torch.float32]:.0f} GFLOP/s, bfloat16 {peak[torch.bfloat16]:.0f} GFLOP/s", flush=True)
     shipped = "bf16" if native_bf16(device) else "float32"
     print(f"the Fashion-MNIST configs as shipped (networks_bf16: auto) train with {shipped} networks on this device", flush=True)
     data = FashionMNISTData(root=args.root)
     data.setup("fit")
     x = torch.bernoulli(data.splits["train"][:BATCH], generator=torch.Generator().manual_seed(0))
-    print(f"{'K':>3} {'ours s/step':>11} {'ours bf16':>10} {'plain':>9} {'plain/ours':>10} {'plain/ours bf16':>15} {'GFLOP/step':>10} "
-          f"{'ours GFLOP/s':>12} {'% fp32 peak':>11} {'bf16 GFLOP/s':>12} {'% bf16 peak':>11}")  # fmt: skip
+    rows = []
     for k in args.ks:
+        measure_peak()
         # Alternating, one of each per round: this machine's speed drifts over minutes, and the fastest of each counts.
         times: dict[str, list[float]] = {"ours": [], "ours_bf16": [], "plain": []}
         for _ in range(args.repeats):
@@ -122,15 +129,22 @@ def main() -> None:
             times["ours_bf16"].append(ours_seconds_per_step(args.repo, k, args.steps, args.root, True, device))
             # The shared plain loops run on the CPU only: on a GPU the columns against them are NaN.
             times["plain"].append(plain_seconds_per_step(k, args.steps, args.root, bench) if device.type == "cpu" else math.nan)
-        ours, ours_bf16, plain = (min(times[name]) for name in ("ours", "ours_bf16", "plain"))
-        gflop = step_flops(args.repo, k, x) / 1e9
-        print(f"{k:>3} {ours:>11.4f} {ours_bf16:>10.4f} {plain:>9.4f} {plain / ours:>10.2f} {plain / ours_bf16:>15.2f} {gflop:>10.3f} "
-              f"{gflop / ours:>12.1f} {100 * gflop / ours / peak[torch.float32]:>11.1f} {gflop / ours_bf16:>12.1f} "
-              f"{100 * gflop / ours_bf16 / peak[torch.bfloat16]:>11.1f}", flush=True)  # fmt: skip
+        print(f"K = {k}: seconds a step, each run: {json.dumps({name: [round(t, 5) for t in ts] for name, ts in times.items()})}", flush=True)
+        rows.append((k, *(min(times[name]) for name in ("ours", "ours_bf16", "plain")), step_flops(args.repo, k, x) / 1e9))
     test = torch.bernoulli(data.splits["test"][: args.eval_points], generator=torch.Generator().manual_seed(1)).to(device)
     torch.manual_seed(0)  # an untrained VAE of the IWAE paper's MLP: speed does not depend on the weights
     model = build_module(yaml.safe_load((args.repo / "configs" / "fashion_mnist_vae.yaml").read_text())["model"], 784).lvm.to(device)
     (seconds, flops, fp32), (seconds_bf16, _, bf16) = (evaluation(model, test, args.eval_k, bf16, device) for bf16 in (False, True))
+    measure_peak()
+    peak = {dtype: max(seen) for dtype, seen in peaks.items()}
+    print(f"matrix-product peak, best of {len(peaks[torch.float32])} measurements in this sitting: float32 {peak[torch.float32]:.0f} GFLOP/s "
+          f"(lowest {min(peaks[torch.float32]):.0f}), bfloat16 {peak[torch.bfloat16]:.0f} GFLOP/s (lowest {min(peaks[torch.bfloat16]):.0f})")  # fmt: skip
+    print(f"{'K':>3} {'ours s/step':>11} {'ours bf16':>10} {'plain':>9} {'plain/ours':>10} {'plain/ours bf16':>15} {'GFLOP/step':>10} "
+          f"{'ours GFLOP/s':>12} {'% fp32 peak':>11} {'bf16 GFLOP/s':>12} {'% bf16 peak':>11}")  # fmt: skip
+    for k, ours, ours_bf16, plain, gflop in rows:
+        print(f"{k:>3} {ours:>11.4f} {ours_bf16:>10.4f} {plain:>9.4f} {plain / ours:>10.2f} {plain / ours_bf16:>15.2f} {gflop:>10.3f} "
+              f"{gflop / ours:>12.1f} {100 * gflop / ours / peak[torch.float32]:>11.1f} {gflop / ours_bf16:>12.1f} "
+              f"{100 * gflop / ours_bf16 / peak[torch.bfloat16]:>11.1f}")  # fmt: skip
     difference = (bf16.double() - fp32.double()).abs()
     print(f"evaluation IWAE-{args.eval_k} on {len(test)} points: float32 {seconds:.2f} s ({flops / seconds / 1e9:.1f} GFLOP/s, "
           f"{100 * flops / seconds / 1e9 / peak[torch.float32]:.1f} % of peak), bf16 networks {seconds_bf16:.2f} s "
