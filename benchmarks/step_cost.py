@@ -77,20 +77,25 @@ class Batches:
         return self.steps
 
 
-def floor(case: str, steps: int, recorder: "StepStamps") -> None:
+def floor(case: str, steps: int, recorder: "StepStamps", device: str) -> None:
     """``steps`` of Scalar on one-element batches, by a bare Trainer (``case``: automatic or manual optimization) or by a plain loop."""
     module, batches = Scalar(manual=case == "Lightning manual"), Batches(steps)
     if case != "bare floor":
         off = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
-        pl.Trainer(max_steps=steps, accelerator="cpu", callbacks=[recorder], **off).fit(module, train_dataloaders=batches)
+        accelerator = "gpu" if device == "cuda" else "cpu"
+        pl.Trainer(max_steps=steps, accelerator=accelerator, devices=1, callbacks=[recorder], **off).fit(module, train_dataloaders=batches)
         return
+    module.to(device)
     optimizer = module.configure_optimizers()
     for index, batch in enumerate(batches):
+        batch = batch.to(device)
         recorder.on_train_batch_start()
         loss = module.training_step(batch, index)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
     recorder.on_train_end()
 
 
@@ -134,7 +139,7 @@ def worker(args: argparse.Namespace) -> None:
     """Runs one case in this process and writes its batch stamps to ``args.stamps``."""
     sys.path.insert(0, str(args.repo))
     if args.worker in FLOOR:
-        floor(args.worker, args.steps, StepStamps(args.stamps))
+        floor(args.worker, args.steps, StepStamps(args.stamps), args.device)
         return
     if args.worker != "bare":
         from lvm_lightning.cli import main
