@@ -52,7 +52,6 @@ def train(make_model, data, steps: int, bf16: bool, lr: float, seed: int, num_sa
     module = LVMModule(make_model(), ImportanceSampling(num_samples), optimizer=partial(Adam, lr=lr), networks_bf16=bf16)
     trainer = pl.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=data)
-    module.lvm.networks_in_bf16(False)
     return module
 
 

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence, Union
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from lvm_lightning.callbacks.batch_hooks import skip_unused_batch_hooks
@@ -35,8 +36,9 @@ class LVMModule(pl.LightningModule):
     ``validation_estimators`` (e.g. AIS: costly, so pair it with few validation batches), each the mean over the whole split (under DDP the
     ranks' sums and counts, reduced once an epoch); validation the tightest as val/log_px. Before the first step of a fresh fit the model
     takes its data-dependent start, if it has one (``lvm.initialize``).
-    ``networks_bf16`` (true, false or "auto": true where the device multiplies bf16 natively) runs the networks' matrix
-    products of training steps in bfloat16, every density, log-weight and parameter in float32; evaluation stays float32.
+    ``networks_bf16`` (true, false or "auto": true where every device multiplies bf16 natively) runs the networks' matrix
+    products of training steps in bfloat16, every density, log-weight and parameter in float32; everything else, validation,
+    test and ``losses`` called directly, runs float32 (the module resets the networks' precision at setup).
     A run started by LightningCLI stores each part's class path and arguments in its checkpoint, so
     ``load_from_checkpoint(path)`` rebuilds it; a module built in Python keeps its parts out of the
     checkpoint (they are objects): pass them again, ``load_from_checkpoint(path, lvm=…, estimator=…)``.
@@ -76,13 +78,14 @@ class LVMModule(pl.LightningModule):
             )
         self.lvm = lvm
         self.estimator = estimator
-        if networks_bf16 not in (True, False, "auto"):
+        # Exactly these three: 1 or a numpy bool would pass an equality test, then be refused (or dropped) by the checkpoint's checks.
+        if not (type(networks_bf16) is bool or (type(networks_bf16) is str and networks_bf16 == "auto")):
             raise UsageError(f"networks_bf16 must be true, false or auto, got {networks_bf16!r}")
         # Training steps only: the networks' products in bfloat16, every density and log-weight in float32; validation and
         # test stay float32, whose per-point estimates bf16 would move by more than the tolerance (docs/results.md: bf16).
-        # "auto" is decided at the start of a fit, where the device is known; until then only True asks for bf16.
+        # Decided at the start of a fit, where the device is known ("auto").
         self._networks_bf16 = networks_bf16
-        self._train_bf16 = networks_bf16 is True
+        self._train_bf16 = False
         self.make_optimizer, self.make_scheduler = optimizer, lr_scheduler
         self.evaluation = Evaluators(eval_num_samples, chunk_size, tuple(validation_estimators))
         self.evaluators = self.evaluation.for_model(lvm)
@@ -179,6 +182,8 @@ class LVMModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         destroy_process_group_at_exit()  # under DDP on gloo; a no-op otherwise
+        # The module owns its networks' precision: float32 outside its training steps, whatever was set on the model before.
+        self.lvm.networks_in_bf16(False)
         # Importance weights far below the largest, exp(log w_k − max), and the gradients they carry become denormal floats
         # within a hundred IWAE steps, on which CPU arithmetic takes a slow path; flushed to 0 they change nothing visible.
         torch.set_flush_denormal(True)
@@ -207,7 +212,10 @@ class LVMModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         # After Lightning has restored a resumed run's checkpoint (on_load_checkpoint), before the first step and the sanity check.
-        self._train_bf16 = resolve_bf16(self._networks_bf16, self.device)
+        # Every rank the same precision (all must have the hardware), and said once, since "auto" alone does not tell.
+        self._train_bf16 = self.trainer.strategy.reduce_boolean_decision(resolve_bf16(self._networks_bf16, self.device), all=True)
+        if self._networks_bf16 == "auto":
+            rank_zero_info(f"networks_bf16: auto: the training steps' matrix products in {'bfloat16' if self._train_bf16 else 'float32'} on {self.device.type}")
         data = self.trainer.datamodule
         if not self._initialize_from_data or not isinstance(data, SplitData):
             return

@@ -1,5 +1,8 @@
 """bf16 networks: the nets' products in bfloat16, every density, log-weight and sum in float32, close to float32 on the same draws."""
 
+import logging
+
+import numpy as np
 import pytest
 import torch
 
@@ -64,9 +67,17 @@ def test_auto_is_false_where_torch_has_no_cpu_feature_table(monkeypatch):
     assert native_bf16(torch.device("cpu")) is False
 
 
+def test_the_feature_names_auto_reads_are_in_torchs_cpu_table():
+    table = getattr(torch._C._cpu, "_get_cpu_capability", None)
+    if table is None:
+        pytest.skip("this torch has no CPU feature table: auto answers float32")
+    assert {"avx512_bf16", "amx_bf16"} <= set(table())  # renamed keys would make auto float32 on every CPU, silently
+
+
 @pytest.mark.parametrize("choice", [True, "auto"])
-def test_bf16_networks_run_in_training_steps_only_and_evaluation_stays_float32(monkeypatch, choice):
+def test_bf16_networks_run_in_training_steps_only_and_evaluation_stays_float32(monkeypatch, caplog, choice):
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)  # "auto" as on a CPU or GPU with bf16 hardware
+    caplog.set_level(logging.INFO)
     model = VAE(2, 2, (8,), (8,))
     seen: dict[str, set] = {"training step": set(), "elsewhere": set()}  # the decoder net's output dtypes
     model.decoder.net.register_forward_hook(lambda net, args, out: seen[where[-1]].add(out.dtype))
@@ -83,10 +94,41 @@ def test_bf16_networks_run_in_training_steps_only_and_evaluation_stays_float32(m
 
     module._losses = training_losses
     data = GaussianMixtureData(num_clusters=2, num_train=64, num_val=32, num_test=32, batch_size=32)
-    quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False).fit(module, datamodule=data)
-    assert seen == {"training step": {torch.bfloat16}, "elsewhere": {torch.float32}}  # validation, the data-dependent start
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1, limit_test_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=data)
+    trainer.test(module, datamodule=data)
+    assert seen == {"training step": {torch.bfloat16}, "elsewhere": {torch.float32}}  # validation, test, standardization's probe
     assert not any(getattr(m, "bf16", False) for m in model.modules())  # left as float32 for whatever runs next
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    said = "networks_bf16: auto: the training steps' matrix products in bfloat16 on cpu"
+    assert (said in caplog.text) == (choice == "auto")  # what auto chose is said; an explicit choice needs no note
+
+
+def test_a_training_step_that_fails_leaves_the_networks_in_float32():
+    model = VAE(2, 2, (8,), (8,))
+    module = LVMModule(model, ImportanceSampling(3), networks_bf16=True)
+    losses = module._losses
+
+    def failing(x):
+        losses(x)
+        raise RuntimeError("a step that fails after the forward pass")
+
+    module._losses = failing
+    data = GaussianMixtureData(num_clusters=2, num_train=64, num_val=32, num_test=32, batch_size=32)
+    with pytest.raises(RuntimeError, match="fails after the forward pass"):
+        quiet_trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False).fit(module, datamodule=data)
+    assert not any(getattr(m, "bf16", False) for m in model.modules())
+
+
+def test_the_module_owns_the_networks_precision_outside_its_training_steps():
+    model = VAE(2, 2, (8,), (8,))
+    model.networks_in_bf16()  # set on the model by hand before the module takes it
+    dtypes = set()
+    model.decoder.net.register_forward_hook(lambda net, args, out: dtypes.add(out.dtype))
+    module = LVMModule(model, ImportanceSampling(3), eval_num_samples=4, networks_bf16=False)
+    data = GaussianMixtureData(num_clusters=2, num_train=64, num_val=32, num_test=32, batch_size=32)
+    quiet_trainer(max_steps=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False).fit(module, datamodule=data)
+    assert dtypes == {torch.float32}
 
 
 def test_auto_without_bf16_hardware_trains_in_float32(monkeypatch):
@@ -100,6 +142,8 @@ def test_auto_without_bf16_hardware_trains_in_float32(monkeypatch):
     assert dtypes == {torch.float32}
 
 
-def test_networks_bf16_takes_only_true_false_or_auto():
+@pytest.mark.parametrize("value", ["yes", "true", "AUTO", 1, 0, 1.0, np.True_, None])
+def test_networks_bf16_takes_only_true_false_or_auto(value):
+    # 1 == True and np.True_ == True: an equality test would let them through, to be refused by the checkpoint's checks later.
     with pytest.raises(UsageError, match="true, false or auto"):
-        LVMModule(VAE(4, 2, (8,), (8,)), ImportanceSampling(3), networks_bf16="yes")
+        LVMModule(VAE(4, 2, (8,), (8,)), ImportanceSampling(3), networks_bf16=value)

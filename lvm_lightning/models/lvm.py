@@ -113,7 +113,8 @@ class LatentVariableModel(nn.Module):
         self.kmeans: Optional[KMeansStart] = KMeansStart() if KMeansStart.applies(self) else None
 
     def networks_in_bf16(self, enabled: bool = True) -> None:
-        """Runs the matrix products of every ``Conditional``'s network in bfloat16 (AMX CPUs, GPU tensor cores), the densities in float32."""
+        """Runs the matrix products of every ``Conditional``'s network in bfloat16 (fast on GPUs' tensor cores and CPUs with
+        AVX512-BF16 or AMX), the densities in float32."""
         for module in self.modules():
             if isinstance(module, Conditional):
                 module.bf16 = enabled
