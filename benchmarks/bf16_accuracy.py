@@ -30,13 +30,11 @@ from lvm_lightning.schedules import Adam
 
 def log_px(module: LVMModule, x: Tensor, num_samples: int, bf16: bool, chunk: int = 100) -> Tensor:
     """IWAE-K log p̂(x) per point, the networks in bf16 or not, on draws seeded per chunk (the same in both precisions)."""
-    module.lvm.networks_in_bf16(bf16)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), module.lvm.bf16_networks(bf16):
         for start in range(0, len(x), chunk):
             with seeded_fork(torch.device("cpu"), start):
                 out.append(ImportanceSampling(num_samples, chunk_size=50).estimate(module.lvm, x[start : start + chunk]).log_px)
-    module.lvm.networks_in_bf16(False)
     return torch.cat(out).double()
 
 

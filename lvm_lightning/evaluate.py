@@ -235,13 +235,12 @@ def evaluate_checkpoint(
     if unavailable is not None:
         report["gaps_unavailable"], gap_points = unavailable, 0
         print(f"note: no amortization gap: {unavailable}", file=sys.stderr, flush=True)
-    model.networks_in_bf16(networks_bf16)
-    if devices > 1:
-        batches, seconds, memory = sharded_estimates(model, x, chosen, batch_size, seed, devices, torch.device(device).type)
-        model.to(device)  # the workers had a CPU copy each; gaps and BDMC run here
-    else:
-        batches, seconds, memory = local_estimates(model, x, chosen, batch_size, seed)
-    model.networks_in_bf16(False)
+    with model.bf16_networks(networks_bf16):
+        if devices > 1:
+            batches, seconds, memory = sharded_estimates(model, x, chosen, batch_size, seed, devices, torch.device(device).type)
+            model.to(device)  # the workers had a CPU copy each; gaps and BDMC run here
+        else:
+            batches, seconds, memory = local_estimates(model, x, chosen, batch_size, seed)
     report.update(estimates_report(batches, chosen))
     report["cost"] = {"seconds": seconds, "seconds_per_point": seconds / len(x), "devices": devices, **memory}
     with seeded_fork(x.device, seed):  # the caller's stream untouched

@@ -119,13 +119,7 @@ class LVMModule(pl.LightningModule):
         return -objective.surrogate.mean(), objective.log_px.mean()
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
-        if self._train_bf16:
-            self.lvm.networks_in_bf16(True)
-            try:
-                loss, log_px = self._losses(x)
-            finally:
-                self.lvm.networks_in_bf16(False)
-        else:
+        with self.lvm.bf16_networks(self._train_bf16):
             loss, log_px = self._losses(x)
         # Only on the steps Lightning writes (every log_every_n_steps, and the last before a stop): values logged otherwise are dropped.
         every = self.trainer.log_every_n_steps

@@ -1,6 +1,8 @@
 """The latent variable model p_θ(x, z) = p(z) p_θ(x|z) with its amortized posterior q_φ(z|x)."""
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -118,6 +120,19 @@ class LatentVariableModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Conditional):
                 module.bf16 = enabled
+
+    @contextmanager
+    def bf16_networks(self, enabled: bool = True) -> Iterator[None]:
+        """Within the block, the networks' matrix products in bfloat16 (``networks_in_bf16``), float32 again after it, an
+        error included; ``enabled=False`` leaves them as they are."""
+        if not enabled:
+            yield
+            return
+        self.networks_in_bf16(True)
+        try:
+            yield
+        finally:
+            self.networks_in_bf16(False)
 
     def standardize(self, x: Tensor) -> None:
         """Fits ``units`` to the training rows ``x`` [N, D] (in the data's units), so that the networks see standard units."""
